@@ -1,0 +1,1 @@
+"""Pure anonymization core: IP/UA/language reduction, pseudonyms, k-anonymity, windows, DP."""

@@ -1,0 +1,90 @@
+"""Consent rules: which purposes a user's consent allows at a given time.
+
+Policy: geolocation and crossings are on by default and can be switched off at
+any time; partner sharing is opt-in. Consent lasts at most 13 months: an opt-in
+older than that counts as not given (the default-on purposes stay on, since an
+expired record falls back to the defaults, and the defaults keep them on).
+A deleted account allows nothing, ever.
+"""
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+
+
+class Purpose(str, Enum):
+    """What a piece of data may be used for."""
+
+    GEOLOCATION = "geolocation"
+    CROSSINGS = "crossings"
+    PARTNER_SHARING = "partner_sharing"
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """A user's current consent state, as last recorded."""
+
+    user_id: str
+    updated_at: float  # epoch seconds
+    geolocation: bool = True
+    crossings: bool = True
+    partner_sharing: bool = False
+    deleted: bool = False
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict of this consent."""
+        return {
+            "user_id": self.user_id,
+            "updated_at": self.updated_at,
+            "geolocation": self.geolocation,
+            "crossings": self.crossings,
+            "partner_sharing": self.partner_sharing,
+            "deleted": self.deleted,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Consent":
+        """The consent stored by to_dict."""
+        return cls(**d)
+
+
+def add_months(ts: float, months: int) -> float:
+    """The epoch time `months` calendar months after ts (day clamped to month end)."""
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    month0 = dt.month - 1 + months
+    year, month = dt.year + month0 // 12, month0 % 12 + 1
+    day = min(dt.day, calendar.monthrange(year, month)[1])
+    return dt.replace(year=year, month=month, day=day).timestamp()
+
+
+def opt_in_valid(consent: Consent, at: float, max_age_months: int = 13) -> bool:
+    """Whether an opt-in recorded in `consent` is still valid at time `at`."""
+    return at < add_months(consent.updated_at, max_age_months)
+
+
+def allows(consent: Consent | None, purpose: Purpose, at: float, max_age_months: int = 13) -> bool:
+    """Whether `consent` (None: never recorded) allows `purpose` for data at time `at`."""
+    if consent is None:
+        return purpose is not Purpose.PARTNER_SHARING
+    if consent.deleted:
+        return False
+    if purpose is Purpose.GEOLOCATION:
+        return consent.geolocation
+    if purpose is Purpose.CROSSINGS:
+        return consent.geolocation and consent.crossings
+    return consent.geolocation and consent.partner_sharing and opt_in_valid(consent, at, max_age_months)
+
+
+def withdrawn(before: Consent | None, after: Consent) -> frozenset[Purpose]:
+    """The purposes that `after` switches off compared with `before`."""
+    at = after.updated_at
+    return frozenset(
+        p for p in Purpose if allows(before, p, at) and not allows(after, p, at)
+    )
+
+
+def allowed_purposes(consent: Consent | None, at: float, max_age_months: int = 13) -> frozenset[Purpose]:
+    """Every purpose `consent` allows for data at time `at`."""
+    return frozenset(p for p in Purpose if allows(consent, p, at, max_age_months))

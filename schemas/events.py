@@ -1,0 +1,270 @@
+"""Input records (ping, connection log, consent): the public contract, with validation.
+
+Validation turns raw Kafka bytes into a record or a Rejection with a stable
+reason code and a message naming the field and value. The JSON Schema files in
+this folder are generated from these models (`crosspaths schemas export`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from schemas.timefmt import parse_ts
+
+SCHEMA_VERSIONS = frozenset({1})
+USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+
+class Reason(str, Enum):
+    """Stable reason codes for rejected input; producers can switch on them."""
+
+    EMPTY = "empty"
+    OVERSIZED = "oversized"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    BAD_USER_ID = "bad_user_id"
+    KEY_MISMATCH = "key_mismatch"
+    BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    OUT_OF_RANGE = "out_of_range"
+    NOT_FINITE = "not_finite"
+    NEGATIVE_ACCURACY = "negative_accuracy"
+    BAD_IP = "bad_ip"
+    BAD_VALUE = "bad_value"
+    LATE_EVENT = "late_event"
+
+
+def _fail(reason: Reason, message: str) -> PydanticCustomError:
+    # pydantic treats braces in messages as a template; the value is already rendered.
+    return PydanticCustomError(reason.value, message.replace("{", "(").replace("}", ")"))
+
+
+def _ts(value: Any) -> float:
+    if isinstance(value, float):
+        raise _fail(Reason.BAD_TIMESTAMP, f"ts={value!r} is a float; use integer epoch milliseconds or an RFC 3339 string")
+    try:
+        return parse_ts(value)
+    except ValueError as exc:
+        raise _fail(Reason.BAD_TIMESTAMP, str(exc)) from None
+
+
+def _finite(name: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(Reason.WRONG_TYPE, f"{name}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise _fail(Reason.NOT_FINITE, f"{name}={value!r} must be a finite number")
+        return float(value)
+
+    return check
+
+
+def _ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(Reason.WRONG_TYPE, f"ip={value!r} must be a string")
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise _fail(Reason.BAD_IP, f"ip={value!r} is not an IPv4 or IPv6 address") from None
+
+
+Timestamp = Annotated[
+    float,
+    BeforeValidator(_ts),
+    WithJsonSchema(
+        {
+            "description": "RFC 3339 date-time with offset, or integer epoch milliseconds",
+            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 946684800000}],
+        }
+    ),
+]
+UserId = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=USER_ID_PATTERN, description="Stable user identifier"),
+]
+def _number(name: str, description: str, **bounds: float):
+    """A finite float field with bounds, and a JSON Schema saying so."""
+    schema = {"type": "number", "description": description}
+    schema.update({{"ge": "minimum", "le": "maximum"}[k]: v for k, v in bounds.items()})
+    return Annotated[float, BeforeValidator(_finite(name)), Field(**bounds), WithJsonSchema(schema)]
+
+
+Latitude = _number("lat", "WGS84 latitude, degrees", ge=-90, le=90)
+Longitude = _number("lon", "WGS84 longitude, degrees", ge=-180, le=180)
+Accuracy = _number("accuracy_m", "Horizontal accuracy radius, metres", ge=0)
+IpAddress = Annotated[
+    str,
+    BeforeValidator(_ip),
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+    schema_version: Literal[1] = Field(1, description="Record schema version; only 1 exists")
+
+
+class Ping(_Input):
+    """One location fix of one user."""
+
+    user_id: UserId
+    ts: Timestamp
+    lat: Latitude
+    lon: Longitude
+    accuracy_m: Accuracy | None = None
+
+
+class ConnectionLog(_Input):
+    """One connection or event-log entry."""
+
+    user_id: UserId
+    ts: Timestamp
+    ip: IpAddress
+    user_agent: Annotated[str, Field(max_length=2048)]
+    isp: Annotated[str, Field(max_length=256)] | None = None
+    language: Annotated[str, Field(max_length=256, description="An Accept-Language value")] | None = None
+    event: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")] = Field(
+        "app_open", description="e.g. login, app_open, page_view; login marks authenticated activity"
+    )
+
+
+class ConsentRecord(_Input):
+    """A user's current consent state, or the account's deletion."""
+
+    user_id: UserId
+    updated_at: Timestamp
+    geolocation: bool = True
+    crossings: bool = True
+    partner_sharing: bool = False
+    deleted: bool = False
+
+
+INPUT_MODELS: dict[str, type[_Input]] = {
+    "ping": Ping,
+    "connection-log": ConnectionLog,
+    "consent": ConsentRecord,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message was refused: a stable code and a human message."""
+
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size and clock limits applied while decoding."""
+
+    max_bytes: int = 64 * 1024
+    max_future_skew_s: float = 300.0
+
+
+_TYPE_ERRORS = ("_type", "_parsing", "int_from_float", "literal_error", "model_attributes_type")
+
+
+def _reason_for(error: dict) -> Reason:
+    kind = error["type"]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    try:
+        return Reason(kind)
+    except ValueError:
+        pass
+    if kind == "missing":
+        return Reason.MISSING_FIELD
+    if field == "user_id" and kind in ("string_too_short", "string_too_long", "string_pattern_mismatch"):
+        return Reason.BAD_USER_ID
+    if field in ("lat", "lon") and kind in ("greater_than_equal", "less_than_equal"):
+        return Reason.OUT_OF_RANGE
+    if field == "accuracy_m" and kind == "greater_than_equal":
+        return Reason.NEGATIVE_ACCURACY
+    if field == "schema_version":
+        return Reason.UNKNOWN_SCHEMA_VERSION
+    if kind.endswith(_TYPE_ERRORS) or kind in _TYPE_ERRORS:
+        return Reason.WRONG_TYPE
+    return Reason.BAD_VALUE
+
+
+def _message_for(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "record"
+    if error["type"] == "missing":
+        return f"{loc} is required but missing"
+    value = error.get("input")
+    msg = error["msg"]
+    if error["type"] in ("greater_than_equal", "less_than_equal") and loc in ("lat", "lon"):
+        bound = 90 if loc == "lat" else 180
+        return f"{loc}={value!r} is outside [-{bound}, {bound}]"
+    if loc in msg:
+        return msg
+    return f"{loc}={value!r}: {msg}"
+
+
+def decode(kind: str, raw: bytes | None, limits: Limits = Limits(), now: float | None = None,
+           key: bytes | None = None) -> _Input | Rejection:
+    """Decode and validate one raw message of `kind`; a record, or a Rejection saying why not."""
+    if not raw:
+        return Rejection(Reason.EMPTY, "message value is empty; expected a JSON object")
+    if len(raw) > limits.max_bytes:
+        return Rejection(Reason.OVERSIZED, f"message is {len(raw)} bytes; the limit is {limits.max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(Reason.NOT_UTF8, f"message is not UTF-8: invalid byte at position {exc.start}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Rejection(Reason.NOT_JSON, f"message is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    if not isinstance(data, dict):
+        return Rejection(Reason.NOT_OBJECT, f"message is a JSON {type(data).__name__}; expected an object")
+    version = data.get("schema_version", 1)
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
+        return Rejection(
+            Reason.UNKNOWN_SCHEMA_VERSION,
+            f"schema_version={version!r} is not supported; supported: {sorted(SCHEMA_VERSIONS)}",
+        )
+    try:
+        record = INPUT_MODELS[kind].model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        return Rejection(_reason_for(first), _message_for(first))
+    ts = getattr(record, "ts", None) or getattr(record, "updated_at")
+    now = time.time() if now is None else now
+    if ts > now + limits.max_future_skew_s:
+        field = "ts" if hasattr(record, "ts") else "updated_at"
+        return Rejection(
+            Reason.FUTURE_TIMESTAMP,
+            f"{field} is {ts - now:.0f} s in the future; the allowed clock skew is {limits.max_future_skew_s:.0f} s",
+        )
+    if key is not None and key != record.user_id.encode():
+        return Rejection(
+            Reason.KEY_MISMATCH,
+            f"message key {key[:140]!r} differs from user_id={record.user_id!r}; key every message by its user_id",
+        )
+    return record
+
+
+def json_schema(kind: str) -> dict:
+    """The JSON Schema of input record `kind`."""
+    schema = INPUT_MODELS[kind].model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://crosspaths.dev/schemas/{kind}.schema.json"
+    return schema
+
+
+def schema_text(kind: str) -> str:
+    """The JSON Schema of `kind` as the text stored in schemas/."""
+    return json.dumps(json_schema(kind), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,48 @@
+"""Small kafka-python helpers for the CLI and offline tools: read a topic to its end, produce."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> Iterator[Any]:
+    """Every record of `topic` from the beginning up to its end offsets at call time."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=int(timeout_s * 1000), client_id="crosspaths-reader")
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > consumer.position(tp)}
+        while remaining:
+            batch = consumer.poll(timeout_ms=int(timeout_s * 1000))
+            if not batch:
+                break
+            for tp, records in batch.items():
+                for rec in records:
+                    if rec.offset < end[tp]:
+                        yield rec
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        consumer.close()
+
+
+def latest_by_key(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """The last value per key of a (compacted or changelog) topic; None for tombstones."""
+    out: dict[bytes, bytes | None] = {}
+    for rec in read_topic(bootstrap, topic):
+        out[rec.key] = rec.value
+    return out
+
+
+def read_json(bootstrap: str, topic: str) -> list[dict]:
+    """Every record of `topic` parsed as JSON (tombstones skipped)."""
+    return [json.loads(r.value) for r in read_topic(bootstrap, topic) if r.value is not None]

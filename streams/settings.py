@@ -1,0 +1,81 @@
+"""All settings in one place: typed, overridable with CROSSPATHS_* environment variables."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crosspaths"
+
+
+class Settings(BaseSettings):
+    """Crosspaths configuration; every field is CROSSPATHS_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CROSSPATHS_", frozen=True, extra="ignore")
+
+    # Kafka and the worker
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = Field(4, ge=1, le=256)
+    app_id: str = "crosspaths"
+    web_port: int = 6066
+    home: Path = Field(default_factory=_default_home)
+
+    # Local broker (crosspaths broker start)
+    kafka_version: str = "4.1.1"
+    broker_port: int = 9092
+    controller_port: int = 9093
+    broker_heap: str = "768m"
+
+    # Ingestion
+    max_message_bytes: int = Field(64 * 1024, ge=256)
+    max_future_skew_s: float = Field(300.0, ge=0)
+    consent_max_age_months: int = Field(13, ge=1, le=13)
+
+    # Crossings
+    crossing_distance_m: float = 250.0
+    crossing_window_s: float = 300.0
+    crossing_max_accuracy_m: float = 100.0
+    crossing_cooldown_s: float = 3600.0
+    crossing_lateness_s: float = 120.0
+    crossing_place_resolution: int = 8
+    zones_path: Path | None = None
+
+    # Statistics
+    k: int = Field(10, ge=2)
+    stats_window_s: int = Field(3600, ge=60)
+    stats_lateness_s: int = Field(300, ge=0)
+    h3_base_resolution: int = Field(9, ge=0, le=15)
+    h3_coarsest_resolution: int = Field(5, ge=0, le=15)
+    connection_group_by: str = "os_family,browser_family,language"
+    pseudonym_secret: SecretStr | None = None
+    pseudonym_secret_file: Path | None = None
+    pseudonym_rotation_s: int = 86400
+    dp_epsilon: float | None = None
+    dp_max_cells_per_user: int = 4
+
+    # Retention
+    raw_retention_hours: int = 72
+    stats_retention_days: int = 25 * 31
+    inactivity_days: int = 3 * 365
+    inactivity_grace_days: int = 30
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a logical topic name."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def broker_url(self) -> str:
+        """Faust broker URL(s) for the bootstrap servers."""
+        return ";".join(f"kafka://{s.strip()}" for s in self.bootstrap_servers.split(","))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

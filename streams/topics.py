@@ -1,0 +1,91 @@
+"""Every topic declared once: name, partitions, retention and cleanup policy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.settings import Settings
+
+HOUR_MS = 3600 * 1000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the pipeline."""
+
+    name: str
+    key: str
+    retention_ms: int  # -1: forever (compacted topics keep the latest value per key)
+    compacted: bool = False
+    partitions: int | None = None  # None: settings.partitions (co-partitioned with the inputs)
+    internal: bool = False
+
+    def configs(self) -> dict[str, str]:
+        """Kafka topic configs for this spec."""
+        cfg = {"retention.ms": str(self.retention_ms),
+               "cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.compacted:
+            cfg.update({"min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": str(DAY_MS),
+                        "segment.ms": str(6 * HOUR_MS)})
+        return cfg
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """All topics, with retention taken from settings."""
+    raw = settings.raw_retention_hours * HOUR_MS
+    stats = settings.stats_retention_days * DAY_MS
+    return [
+        TopicSpec("geo-pings", "user_id", raw),
+        TopicSpec("connection-logs", "user_id", raw),
+        TopicSpec("consents", "user_id", -1, compacted=True),
+        TopicSpec("crossings", "user_id", 30 * DAY_MS),
+        TopicSpec("partner-statistics", "window+cell", stats),
+        TopicSpec("connection-statistics", "window+group", stats),
+        TopicSpec("dead-letters", "source topic", 30 * DAY_MS),
+        TopicSpec("erasure-receipts", "user_id", 400 * DAY_MS),
+        TopicSpec("inactivity-notices", "user_id", 90 * DAY_MS),
+        # Internal repartition topics (raw data inside the pipeline: short retention).
+        TopicSpec("crossing-cells", "spatial cell", raw, internal=True),
+        TopicSpec("crossing-pairs", "user pair", raw, internal=True),
+        TopicSpec("stats-cells", "coarse H3 cell", raw, internal=True),
+        TopicSpec("stats-connections", "window", raw, internal=True),
+    ]
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create every missing topic (idempotent); returns one line per topic."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="crosspaths-topics")
+    try:
+        existing = set(admin.list_topics())
+        lines = []
+        for spec in topic_specs(settings):
+            name = settings.topic(spec.name)
+            parts = spec.partitions or settings.partitions
+            if name in existing:
+                lines.append(f"exists   {name}")
+                continue
+            try:
+                admin.create_topics([NewTopic(name, parts, 1, topic_configs=spec.configs())])
+                lines.append(f"created  {name} ({parts} partitions, {spec.configs()['cleanup.policy']})")
+            except TopicAlreadyExistsError:
+                lines.append(f"exists   {name}")
+        return lines
+    finally:
+        admin.close()
+
+
+def delete_topics(settings: Settings) -> None:
+    """Delete every declared topic (tests and resets only)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="crosspaths-topics")
+    try:
+        names = [settings.topic(s.name) for s in topic_specs(settings)]
+        present = [n for n in names if n in set(admin.list_topics())]
+        if present:
+            admin.delete_topics(present)
+    finally:
+        admin.close()
