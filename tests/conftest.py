@@ -1,0 +1,41 @@
+"""Shared fixtures: a real Kafka broker for the end-to-end tests, started once per session."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from streams import broker
+from streams.settings import Settings
+
+TEST_BROKER_PORT = int(os.environ.get("CROSSPATHS_TEST_BROKER_PORT", "19092"))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    """Bootstrap servers of a real broker: CROSSPATHS_TEST_BOOTSTRAP_SERVERS, or a local one started here."""
+    external = os.environ.get("CROSSPATHS_TEST_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    local = Settings(broker_port=TEST_BROKER_PORT, controller_port=TEST_BROKER_PORT + 1,
+                     bootstrap_servers=f"127.0.0.1:{TEST_BROKER_PORT}")
+    started = broker.running_pid(local) is None
+    try:
+        print(broker.start(local, timeout_s=180))
+    except broker.BrokerError as exc:
+        pytest.fail(f"could not start the test Kafka broker: {exc}")
+    yield local.bootstrap_servers
+    if started and not os.environ.get("CROSSPATHS_TEST_KEEP_BROKER"):
+        broker.stop(local)
+
+
+@pytest.fixture
+def pipeline_settings(kafka_bootstrap, tmp_path):
+    """Settings for one isolated pipeline run: its own topic prefix and app id on the real broker."""
+    run = uuid.uuid4().hex[:8]
+    secret = tmp_path / "pseudonym.key"
+    secret.write_bytes(os.urandom(32))
+    return Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{run}.", app_id=f"crosspaths-t{run}",
+                    partitions=4, home=tmp_path, pseudonym_secret_file=secret)
