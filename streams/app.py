@@ -13,15 +13,26 @@ then one agent per stage:
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import faust
+import h3
+import numpy as np
 
-from anonymizers.consent import Consent, Purpose, allowed_purposes
+from anonymizers.connection import group_key, reduce_connection, validate_group_by
+from anonymizers.consent import Consent, Purpose, allowed_purposes, withdrawn
+from anonymizers.dp import DPParams, publish_noisy_cells
+from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
+from anonymizers.pseudonym import Pseudonymizer
+from anonymizers.windows import window_start
+from geo.crossings import CellDetector, Crossing, CrossingParams, Fix, LateFix, PairCooldown, pair_key, route, split_pair_key
+from geo.zones import SensitiveZones
 from schemas.events import Limits, Reason, Rejection, decode
-from schemas.outputs import DeadLetter, b64
+from schemas.outputs import ConnectionStat, CrossingRecord, DeadLetter, LocationStat, b64
 from schemas.timefmt import format_ts
-from streams.settings import get_settings
+from streams.settings import get_settings, pseudonym_secret
+from streams.windowstate import SEP, TableBackedWindows
 
 settings = get_settings()
 LIMITS = Limits(max_bytes=settings.max_message_bytes, max_future_skew_s=settings.max_future_skew_s)
@@ -39,7 +50,9 @@ app = faust.App(
     web_host="127.0.0.1",
     web_port=settings.web_port,
     web_in_thread=False,
-    producer_linger_ms=5,
+    producer_linger_ms=50,
+    producer_max_batch_size=512 * 1024,
+    stream_buffer_maxsize=16384,
     broker_commit_every=2000,
     broker_commit_interval=1.0,
     stream_wait_empty=False,
@@ -128,7 +141,7 @@ async def ingest_consents(stream):
             continue
         consent_table[consent.user_id] = consent.to_dict()
         _count(event, "accepted")
-        await on_consent_change(previous, consent)
+        await _apply_consent_change(previous, consent)
 
 
 @app.agent(geo_pings)
@@ -146,7 +159,7 @@ async def ingest_pings(stream):
             _count(event, "dropped_consent")
             continue
         _count(event, "accepted")
-        await on_ping(ping, consent, purposes)
+        await _forward_ping(event, ping, consent, purposes)
 
 
 @app.agent(connection_logs)
@@ -163,27 +176,274 @@ async def ingest_connection_logs(stream):
             _count(event, "dropped_consent")
             continue
         _count(event, "accepted")
-        await on_connection_log(log)
+        await _forward_connection_log(log)
 
 
 # ---------------------------------------------------------------------------
-# Stage hooks, filled in by the crossing and statistics stages below.
+# Core objects for the downstream stages
+
+CROSSING = CrossingParams(
+    distance_m=settings.crossing_distance_m, window_s=settings.crossing_window_s,
+    max_accuracy_m=settings.crossing_max_accuracy_m, cooldown_s=settings.crossing_cooldown_s,
+    lateness_s=settings.crossing_lateness_s, place_resolution=settings.crossing_place_resolution,
+)
+ZONES = SensitiveZones.from_geojson(settings.zones_path) if settings.zones_path else None
+KANON = KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
+                    coarsest_resolution=settings.h3_coarsest_resolution)
+GROUP_BY = validate_group_by(tuple(f.strip() for f in settings.connection_group_by.split(",") if f.strip()))
+DP = DPParams(epsilon=settings.dp_epsilon, max_cells_per_user=settings.dp_max_cells_per_user) \
+    if settings.dp_epsilon else None
+PSEUDONYMS = Pseudonymizer(pseudonym_secret(settings), settings.pseudonym_rotation_s)
+if settings.pseudonym_rotation_s % settings.stats_window_s:
+    # A window spanning a rotation would count one person under two pseudonyms.
+    raise ValueError(f"pseudonym_rotation_s={settings.pseudonym_rotation_s} must be a multiple of "
+                     f"stats_window_s={settings.stats_window_s}")
+
+crossing_cells = _topic("crossing-cells", internal=True)
+crossing_pairs = _topic("crossing-pairs", internal=True)
+stats_cells = _topic("stats-cells", internal=True)
+stats_connections = _topic("stats-connections", internal=True)
+
+pair_table = app.Table("pair-last", default=None, partitions=P, key_type=str, value_type=float)
+location_windows = TableBackedWindows(
+    app.Table("location-members", default=None, partitions=P, key_type=str, value_type=int),
+    app.Table("location-published", default=None, partitions=P, key_type=str, value_type=bool),
+    settings.stats_window_s, settings.stats_lateness_s)
+connection_windows = TableBackedWindows(
+    app.Table("connection-members", default=None, partitions=P, key_type=str, value_type=int),
+    app.Table("connection-published", default=None, partitions=P, key_type=str, value_type=bool),
+    settings.stats_window_s, settings.stats_lateness_s)
+
+# In-memory state: the detector holds at most window + lateness of pings, rebuilt as pings arrive.
+detectors: dict[int, CellDetector] = {}
+consent_versions: dict[int, dict[str, float]] = {}
+cooldowns: dict[int, PairCooldown] = {}
+revoked: dict[int, dict[str, float]] = {}
+CONNECTIONS_KEY = b"connections"  # one window holds every group, so the "other" row is exact
 
 
-async def on_ping(ping, consent: Consent | None, purposes: frozenset[Purpose]) -> None:
-    """Forward an accepted ping to the stages its consent allows."""
+def _broadcast_partitions() -> range:
+    return range(P)
 
 
-async def on_connection_log(log) -> None:
-    """Forward an accepted connection log to the statistics stage."""
+async def _forward_ping(event: faust.EventT, ping, consent: Consent | None, purposes: frozenset[Purpose]) -> None:
+    """Send an accepted ping to the crossing and partner-statistics stages its consent allows."""
+    if Purpose.CROSSINGS in purposes:
+        fix = Fix(ping.user_id, ping.ts, ping.lat, ping.lon, ping.accuracy_m)
+        routes = route(fix, CROSSING)
+        if routes:
+            msg = event.message
+            home = routes[0][0]
+            body = {"u": ping.user_id, "ts": ping.ts, "lat": ping.lat, "lon": ping.lon, "acc": ping.accuracy_m,
+                    "home": home, "cv": consent.updated_at if consent else 0.0,
+                    "src": [msg.topic, msg.partition, msg.offset]}
+            for key, is_home in routes:
+                value = dict(body, raw=b64(msg.value)) if is_home else body
+                await crossing_cells.send(key=key.encode(), value=_json(value))
+    if Purpose.PARTNER_SHARING in purposes and not (ZONES and ZONES.contains(ping.lat, ping.lon)):
+        base = h3.latlng_to_cell(ping.lat, ping.lon, KANON.base_resolution)
+        coarse = h3.cell_to_parent(base, KANON.coarsest_resolution)
+        ws = window_start(ping.ts, settings.stats_window_s)
+        await stats_cells.send(key=coarse.encode(), value=_json(
+            {"ts": ping.ts, "cell": base, "m": PSEUDONYMS.pseudonym(ping.user_id, ws)}))
 
 
-async def on_consent_change(previous: Consent | None, current: Consent) -> None:
-    """Apply a consent change to downstream state (retractions, purges)."""
+async def _forward_connection_log(log) -> None:
+    """Reduce a connection log (no user id leaves this function) and send it to the statistics stage."""
+    reduced = reduce_connection(ts=log.ts, ip=log.ip, user_agent=log.user_agent, event=log.event,
+                                isp=log.isp, language=log.language)
+    ws = window_start(log.ts, settings.stats_window_s)
+    await stats_connections.send(key=CONNECTIONS_KEY, value=_json(
+        {"ts": log.ts, "g": list(group_key(reduced, GROUP_BY)), "m": PSEUDONYMS.pseudonym(log.user_id, ws)}))
 
+
+async def _apply_consent_change(previous: Consent | None, current: Consent) -> None:
+    """Purge downstream state and retract crossings for every purpose the new consent switches off."""
+    gone = withdrawn(previous, current)
+    user, reason = current.user_id, ("account_deleted" if current.deleted else "consent_withdrawn")
+    if Purpose.CROSSINGS in gone:
+        purge = _json({"purge": user, "v": current.updated_at, "reason": reason})
+        for p in _broadcast_partitions():
+            await crossing_cells.send(key=b"purge", value=purge, partition=p)
+            await crossing_pairs.send(key=b"purge", value=purge, partition=p)
+        await crossings.send(key=user.encode(), value=CrossingRecord(
+            type="retraction", user_id=user, reason=reason, emitted_at=format_ts(time.time())).to_bytes())
+    if current.deleted or Purpose.PARTNER_SHARING in gone:
+        now = max(time.time(), current.updated_at)
+        members = sorted({PSEUDONYMS.pseudonym(user, ws) for ws in _recent_windows(now)})
+        body = _json({"purge": members})
+        for p in _broadcast_partitions():
+            await stats_cells.send(key=b"purge", value=body, partition=p)
+            if current.deleted:
+                await stats_connections.send(key=b"purge", value=body, partition=p)
+
+
+def _recent_windows(now: float) -> list[float]:
+    """Starts of every statistics window that may still be open at `now` (two days back, one ahead)."""
+    size = settings.stats_window_s
+    first = window_start(now - 2 * 86400, size)
+    return [first + i * size for i in range(int((now + size - first) // size) + 1)]
+
+
+# ---------------------------------------------------------------------------
+# Crossings: detect per spatial cell, then per pair (cooldown, consent), then per participant
+
+
+@app.agent(crossing_cells)
+async def detect(stream):
+    """Detect crossings among the pings of each spatial cell; late pings are dead-lettered."""
+    seen = 0
+    async for event in stream.events():
+        msg = event.message
+        p = msg.partition
+        body = json.loads(msg.value)
+        detector = detectors.get(p)
+        if detector is None:
+            detector = detectors[p] = CellDetector(CROSSING, ZONES)
+        versions = consent_versions.setdefault(p, {})
+        if "purge" in body:
+            detector.purge_user(body["purge"])
+            versions.pop(body["purge"], None)
+            continue
+        key = msg.key.decode()
+        fix = Fix(body["u"], body["ts"], body["lat"], body["lon"], body["acc"])
+        versions[fix.user_id] = body["cv"]
+        result = detector.add(fix, body["home"], key)
+        if isinstance(result, LateFix):
+            if body["home"] == key:
+                await _late(event, body, f"ping ts={format_ts(fix.ts)} arrived after the crossing detector's "
+                                         f"watermark {format_ts(result.watermark)} (allowed lateness "
+                                         f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
+            continue
+        for c in result:
+            await crossing_pairs.send(key=c.pair_key.encode(), value=_json({
+                "a": c.user_a, "b": c.user_b, "ts": c.ts, "place": c.place, "band": c.distance_band,
+                "cva": versions.get(c.user_a, 0.0), "cvb": versions.get(c.user_b, 0.0)}))
+        seen += 1
+        if seen % 5000 == 0:
+            detector.evict()
+
+
+async def _late(event: faust.EventT, body: dict, message: str) -> None:
+    """Dead-letter a ping that came too late for a stage, pointing at its original position."""
+    topic, partition, offset = body.get("src") or (event.message.topic, event.message.partition, event.message.offset)
+    letter = DeadLetter(source_topic=topic, partition=partition, offset=offset, key_b64=b64(body["u"].encode()),
+                        value_b64=body.get("raw"), reason=Reason.LATE_EVENT.value, message=message,
+                        rejected_at=format_ts(time.time()))
+    await dead_letters.send(key=topic.encode(), value=letter.to_bytes())
+    _count_stage(event, "late")
+
+
+def _count_stage(event: faust.EventT, outcome: str) -> None:
+    msg = event.message
+    key = f"{msg.topic}/{msg.partition}"
+    current = dict(counter_table.get(key) or {})
+    current[outcome] = current.get(outcome, 0) + 1
+    counter_table[key] = current
+
+
+def _cooldown_of(p: int) -> PairCooldown:
+    cooldown = cooldowns.get(p)
+    if cooldown is None:
+        prefix = f"{p}|"
+        pairs = [[*split_pair_key(k[len(prefix):]), t] for k, t in pair_table.items() if k.startswith(prefix)]
+        cooldown = cooldowns[p] = PairCooldown.restore({"last": pairs}, CROSSING)
+    return cooldown
+
+
+@app.agent(crossing_pairs)
+async def report(stream):
+    """Report each pair at most once per cooldown, one record per participant; retract on withdrawal."""
+    async for event in stream.events():
+        msg = event.message
+        p = msg.partition
+        body = json.loads(msg.value)
+        cooldown = _cooldown_of(p)
+        gone = revoked.setdefault(p, {})
+        now = format_ts(time.time())
+        if "purge" in body:
+            user = body["purge"]
+            gone[user] = max(gone.get(user, 0.0), body["v"])
+            for other in cooldown.purge_user(user):
+                pair_table.pop(f"{p}|{pair_key(user, other)}", None)
+                await crossings.send(key=other.encode(), value=CrossingRecord(
+                    type="retraction", user_id=other, other_user_id=user, reason=body["reason"],
+                    emitted_at=now).to_bytes())
+            continue
+        if body["cva"] <= gone.get(body["a"], -1.0) or body["cvb"] <= gone.get(body["b"], -1.0):
+            continue  # computed from pings sent before a withdrawal that has already been applied
+        crossing = Crossing(body["a"], body["b"], body["ts"], body["place"], body["band"])
+        if not cooldown.offer(crossing):
+            continue
+        pair_table[f"{p}|{crossing.pair_key}"] = crossing.ts
+        for view in crossing.views():
+            await crossings.send(key=view.user.encode(), value=CrossingRecord(
+                type="crossing", user_id=view.user, other_user_id=view.other, ts=format_ts(view.ts),
+                place=view.place, place_resolution=CROSSING.place_resolution, distance_band=view.distance_band,
+                emitted_at=now).to_bytes())
+
+
+# ---------------------------------------------------------------------------
+# Statistics: distinct users per window, k-anonymized when the window closes
+
+
+@app.agent(stats_cells)
+async def aggregate_locations(stream):
+    """Count distinct partner-sharing users per H3 cell and window; publish k-anonymized cells."""
+    async for event in stream.events():
+        msg = event.message
+        p = msg.partition
+        body = json.loads(msg.value)
+        if "purge" in body:
+            location_windows.purge(p, set(body["purge"]))
+            continue
+        if location_windows.add(p, body["ts"], body["cell"], body["m"]) == "late":
+            _count_stage(event, "late")
+            continue
+        for window in location_windows.close(p):
+            for row in _location_rows(window):
+                await partner_statistics.send(key=f"{format_ts(window.start)}|{row.cell}".encode(), value=LocationStat(
+                    window_start=format_ts(window.start), window_end=format_ts(window.end), cell=row.cell,
+                    resolution=row.resolution, users=row.users, k=KANON.k, noisy=DP is not None).to_bytes())
+
+
+def _location_rows(window) -> list:
+    if DP is None:
+        return generalize_cells(window.members, KANON)
+    rng = np.random.default_rng()
+    return publish_noisy_cells(window.members, DP, KANON.k, rng)
+
+
+@app.agent(stats_connections)
+async def aggregate_connections(stream):
+    """Count distinct users per technical-data group and window; publish groups with >= k users."""
+    async for event in stream.events():
+        msg = event.message
+        p = msg.partition
+        body = json.loads(msg.value)
+        if "purge" in body:
+            connection_windows.purge(p, set(body["purge"]))
+            continue
+        if connection_windows.add(p, body["ts"], SEP.join(body["g"]), body["m"]) == "late":
+            _count_stage(event, "late")
+            continue
+        for window in connection_windows.close(p):
+            groups = {tuple(key.split(SEP)): members for key, members in window.members.items()}
+            for row in publish_groups(groups, KANON.k):
+                await connection_statistics.send(key=f"{format_ts(window.start)}|{SEP.join(row.group)}".encode(),
+                                                 value=ConnectionStat(
+                    window_start=format_ts(window.start), window_end=format_ts(window.end), group_by=list(GROUP_BY),
+                    group=list(row.group), users=row.users, k=KANON.k).to_bytes())
 
 # ---------------------------------------------------------------------------
 # Web endpoints
+
+
+@app.task
+async def quiet_logs() -> None:
+    """Library loggers at WARNING: their per-message debug records cost a tenth of the CPU."""
+    for name in ("faust", "aiokafka", "mode", "kafka"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.page("/counters/")

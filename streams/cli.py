@@ -179,6 +179,104 @@ def stats_dead_letters() -> None:
         click.echo(f"{topic:<18} {reason:<24} {n}")
 
 
+@stats.command("export")
+@click.option("--topic", type=click.Choice(["partner-statistics", "connection-statistics"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="File (default: stdout for csv).")
+@click.option("--since", default=None, help="Only windows starting at or after this RFC 3339 time.")
+@click.option("--until", default=None, help="Only windows starting before this RFC 3339 time.")
+def stats_export(topic: str, fmt: str, output: Path | None, since: str | None, until: str | None) -> None:
+    """Export published statistics for pandas (one row per window and cell or group)."""
+    import pandas as pd
+
+    from streams.report import read_statistics
+
+    frame = read_statistics(_settings(), topic)
+    if not frame.empty:
+        if since:
+            frame = frame[frame["window_start"] >= pd.Timestamp(since)]
+        if until:
+            frame = frame[frame["window_start"] < pd.Timestamp(until)]
+        if "group" in frame.columns:
+            for i, name in enumerate(frame["group_by"].iloc[0]):
+                frame[name] = frame["group"].str[i]
+            frame = frame.drop(columns=["group", "group_by"])
+    if fmt == "parquet":
+        if output is None:
+            _fail("--output is required for parquet")
+        frame.to_parquet(output, index=False)
+    elif output is None:
+        click.echo(frame.to_csv(index=False), nl=False)
+    else:
+        frame.to_csv(output, index=False)
+    if output is not None:
+        click.echo(f"wrote {len(frame)} rows to {output}", err=True)
+
+
+@stats.command("map")
+@click.option("--window", "window", default=None, help="Window start (RFC 3339); default: the latest.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("partner-statistics.png"), show_default=True)
+def stats_map(window: str | None, output: Path) -> None:
+    """Render a PNG heatmap of one window's published partner-statistics cells."""
+    import pandas as pd
+
+    from streams.maps import render_cells
+    from streams.report import read_statistics
+
+    frame = read_statistics(_settings(), "partner-statistics")
+    if frame.empty:
+        _fail("no partner statistics published yet")
+    ws = pd.Timestamp(window) if window else frame["window_start"].max()
+    sub = frame[frame["window_start"] == ws]
+    if sub.empty:
+        _fail(f"no cells for window {ws}; windows: {sorted(frame['window_start'].astype(str).unique())}")
+    click.echo(render_cells(sub, output, f"Partner statistics, window {ws:%Y-%m-%d %H:%M} UTC"))
+
+
+# --------------------------------------------------------------------------- crossings
+@main.group()
+def crossings() -> None:
+    """Space-time crossings between users."""
+
+
+@crossings.command("show")
+@click.argument("user_id")
+def crossings_show(user_id: str) -> None:
+    """A user's current crossings, as the crossing-profile feature shows them (retractions applied)."""
+    from streams.report import current_crossings, read_crossings
+
+    shown = current_crossings(read_crossings(_settings())).get(user_id, {})
+    if not shown:
+        click.echo(f"{user_id} has no crossings to show")
+        return
+    for other, rec in sorted(shown.items(), key=lambda kv: kv[1]["ts"]):
+        click.echo(f"{rec['ts']}  {other:<20} H3 {rec['place']}  {rec['distance_band']}")
+
+
+@crossings.command("detect")
+@click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Pings as .csv or .parquet with columns user_id, ts, lat, lon[, accuracy_m].")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Crossings CSV.")
+@click.option("--distance-m", type=float, default=None, help="D (default from settings: 250).")
+@click.option("--window-s", type=float, default=None, help="T (default from settings: 300).")
+@click.option("--zones", type=click.Path(exists=True, path_type=Path), default=None, help="Sensitive zones GeoJSON.")
+def crossings_detect(input_path: Path, output: Path, distance_m: float | None, window_s: float | None,
+                     zones: Path | None) -> None:
+    """Run the crossing detector on a file (backfills, audits): one output row per reported crossing."""
+    from geo.crossings import CrossingParams, detect_crossings_file
+    from geo.zones import SensitiveZones
+
+    s = _settings()
+    params = CrossingParams(distance_m=distance_m or s.crossing_distance_m, window_s=window_s or s.crossing_window_s,
+                            max_accuracy_m=s.crossing_max_accuracy_m, cooldown_s=s.crossing_cooldown_s,
+                            place_resolution=s.crossing_place_resolution)
+    zone_path = zones or s.zones_path
+    started = time.perf_counter()
+    n = detect_crossings_file(input_path, output, params,
+                              SensitiveZones.from_geojson(zone_path) if zone_path else None)
+    click.echo(f"wrote {n} crossings to {output} in {time.perf_counter() - started:.1f} s")
+
+
 # --------------------------------------------------------------------------- schemas
 @main.group()
 def schemas() -> None:

@@ -96,6 +96,7 @@ def run_demo(settings: Settings, users: int, hours: float, seed: int, timeout_s:
             print(f"Timed out after {timeout_s:.0f} s waiting for the worker; partial results below.")
         time.sleep(3)  # let downstream stages flush
         print_summary(settings)
+        print_outputs(settings)
     finally:
         stop_worker(proc)
     print(f"\nExplore this run with: CROSSPATHS_TOPIC_PREFIX={settings.topic_prefix} "
@@ -110,3 +111,39 @@ def print_summary(settings: Settings) -> None:
     print(f"\n== Dead letters: {sum(reasons.values())} ==")
     for (topic, reason), n in sorted(reasons.items(), key=lambda kv: -kv[1]):
         print(f"  {topic:<16} {reason:<22} {n}")
+
+
+def print_outputs(settings: Settings) -> None:
+    """Crossings and statistics that came out, for a person."""
+    from streams.report import current_crossings, read_crossings, read_statistics
+
+    records = read_crossings(settings)
+    found = [r for r in records if r["type"] == "crossing"]
+    retractions = [r for r in records if r["type"] == "retraction"]
+    shown = current_crossings(records)
+    pairs = {tuple(sorted((r["user_id"], r["other_user_id"]))) for r in found}
+    print(f"\n== Crossings: {len(pairs)} distinct pairs, {len(found)} participant records, "
+          f"{len(retractions)} retractions; {sum(len(v) for v in shown.values())} shown to "
+          f"{len(shown)} users now ==")
+    for r in found[:5]:
+        print(f"  {r['user_id']} crossed {r['other_user_id']} at {r['ts']} in H3 cell {r['place']} "
+              f"({r['distance_band']})")
+    loc = read_statistics(settings, "partner-statistics")
+    print(f"\n== Partner statistics (k = {settings.k}): {len(loc)} published cells ==")
+    if not loc.empty:
+        for ws, sub in loc.groupby("window_start"):
+            print(f"  window {ws:%Y-%m-%d %H:%M}: {len(sub)} cells, users per cell {sub['users'].min()}-"
+                  f"{sub['users'].max()}, resolutions {sorted(sub['resolution'].unique().tolist())}")
+    conn = read_statistics(settings, "connection-statistics")
+    print(f"\n== Connection statistics (k = {settings.k}): {len(conn)} published groups ==")
+    if not conn.empty:
+        latest = conn[conn["window_start"] == conn["window_start"].max()].nlargest(6, "users")
+        for _, row in latest.iterrows():
+            print(f"  {row['window_start']:%H:%M} {' / '.join(row['group']):<40} {row['users']} users")
+    if not loc.empty:
+        from streams.maps import render_cells
+
+        ws = loc["window_start"].max()
+        out = render_cells(loc[loc["window_start"] == ws], Path(settings.home) / "maps" /
+                           f"{settings.app_id}.png", f"Partner statistics, window {ws:%Y-%m-%d %H:%M} UTC")
+        print(f"\nHeatmap of the latest window: {out}")

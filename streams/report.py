@@ -71,3 +71,46 @@ def dead_letter_reasons(settings: Settings) -> Counter:
     for letter in read_json(settings.bootstrap_servers, settings.topic("dead-letters")):
         reasons[(letter["source_topic"].removeprefix(prefix), letter["reason"])] += 1
     return reasons
+
+
+def current_crossings(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """Each user's current crossings (latest per other user), honouring retractions in topic order."""
+    shown: dict[str, dict[str, dict]] = {}
+    for rec in records:
+        user = rec["user_id"]
+        if rec["type"] == "crossing":
+            shown.setdefault(user, {})[rec["other_user_id"]] = rec
+        elif rec.get("other_user_id") is None:
+            shown.pop(user, None)  # the user withdrew or was deleted: hide all of theirs
+            for other_map in shown.values():
+                other_map.pop(user, None)
+        else:
+            shown.get(user, {}).pop(rec["other_user_id"], None)
+    return shown
+
+
+def read_crossings(settings: Settings) -> list[dict]:
+    """Every record of the crossings topic, in order per user."""
+    return read_json(settings.bootstrap_servers, settings.topic("crossings"))
+
+
+def read_statistics(settings: Settings, name: str):
+    """A statistics topic as a pandas DataFrame, one row per published record (deduplicated by key)."""
+    import pandas as pd
+
+    rows = {}
+    for rec in read_topic_records(settings, name):
+        rows[rec.key] = json.loads(rec.value)
+    frame = pd.DataFrame(list(rows.values()))
+    if not frame.empty:
+        for col in ("window_start", "window_end"):
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+        frame = frame.sort_values([c for c in ("window_start", "users") if c in frame.columns],
+                                  ascending=[True, False][: 2 if "users" in frame.columns else 1])
+    return frame.reset_index(drop=True)
+
+
+def read_topic_records(settings: Settings, name: str):
+    from streams.kafkaio import read_topic
+
+    return [r for r in read_topic(settings.bootstrap_servers, settings.topic(name)) if r.value is not None]

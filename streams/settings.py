@@ -79,3 +79,17 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def pseudonym_secret(settings: Settings) -> bytes:
+    """The pseudonym HMAC secret: from the setting, its file, or a random one kept in the home folder."""
+    if settings.pseudonym_secret is not None:
+        return settings.pseudonym_secret.get_secret_value().encode()
+    path = settings.pseudonym_secret_file or Path(settings.home).expanduser() / "pseudonym.key"
+    if not path.exists():
+        # Local development only: production sets CROSSPATHS_PSEUDONYM_SECRET(_FILE) for every worker.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    return path.read_bytes().strip()

@@ -1,0 +1,73 @@
+"""Window state of the statistics stages, kept in a Faust table so a restarted worker resumes it.
+
+The pure `WindowedDistinct` does the windowing; this adapter mirrors each new
+(window, key, member) into a changelogged table and rebuilds the object from it
+after a restart, and remembers which windows were published so they are not
+published twice.
+"""
+from __future__ import annotations
+
+from anonymizers.windows import ClosedWindow, WindowedDistinct, window_start
+
+SEP = "\x1f"
+
+
+class TableBackedWindows:
+    """Per-partition WindowedDistinct objects whose content survives restarts via Faust tables."""
+
+    def __init__(self, members_table, published_table, size_s: float, lateness_s: float):
+        self.members = members_table  # "p|ws|key|member" -> 1
+        self.published = published_table  # "p|ws" -> True
+        self.size_s, self.lateness_s = size_s, lateness_s
+        self._by_partition: dict[int, WindowedDistinct] = {}
+
+    def _restore(self, p: int) -> WindowedDistinct:
+        wd = WindowedDistinct(self.size_s, self.lateness_s)
+        prefix = f"{p}{SEP}"
+        for k in list(self.members.keys()):
+            if k.startswith(prefix):
+                _, ws, key, member = k.split(SEP, 3)
+                if not self.published.get(f"{p}{SEP}{ws}"):
+                    wd.add(float(ws), key, member)
+        return wd
+
+    def of(self, p: int) -> WindowedDistinct:
+        """The window state of partition p (rebuilt from the table on first use)."""
+        wd = self._by_partition.get(p)
+        if wd is None:
+            wd = self._by_partition[p] = self._restore(p)
+        return wd
+
+    def add(self, p: int, ts: float, key: str, member: str) -> str:
+        """Add member under key at ts; "ok" or "late"."""
+        ws = window_start(ts, self.size_s)
+        if self.published.get(f"{p}{SEP}{ws:.0f}"):
+            return "late"
+        result = self.of(p).add(ts, key, member)
+        if result == "ok":
+            k = f"{p}{SEP}{ws:.0f}{SEP}{key}{SEP}{member}"
+            if k not in self.members:
+                self.members[k] = 1
+        return result
+
+    def close(self, p: int) -> list[ClosedWindow]:
+        """Windows of partition p that are now complete; marked published and dropped from the table."""
+        out = []
+        for window in self.of(p).closed():
+            marker = f"{p}{SEP}{window.start:.0f}"
+            if self.published.get(marker):
+                continue
+            self.published[marker] = True
+            for key, members in window.members.items():
+                for member in members:
+                    self.members.pop(f"{p}{SEP}{window.start:.0f}{SEP}{key}{SEP}{member}", None)
+            out.append(window)
+        return out
+
+    def purge(self, p: int, members: set[str]) -> int:
+        """Forget these members in partition p's open windows; returns memberships removed."""
+        removed = sum(self.of(p).purge(m) for m in members)
+        prefix = f"{p}{SEP}"
+        for k in [k for k in self.members.keys() if k.startswith(prefix) and k.rsplit(SEP, 1)[1] in members]:
+            self.members.pop(k, None)
+        return removed
