@@ -299,7 +299,8 @@ async def detect(stream):
         body = json.loads(msg.value)
         detector = detectors.get(p)
         if detector is None:
-            detector = detectors[p] = CellDetector(CROSSING, ZONES)
+            # Every geo-pings partition feeds every cell partition: the watermark waits for the slowest.
+            detector = detectors[p] = CellDetector(CROSSING, ZONES, sources=range(P))
         versions = consent_versions.setdefault(p, {})
         if "purge" in body:
             detector.purge_user(body["purge"])
@@ -308,7 +309,7 @@ async def detect(stream):
         key = msg.key.decode()
         fix = Fix(body["u"], body["ts"], body["lat"], body["lon"], body["acc"])
         versions[fix.user_id] = body["cv"]
-        result = detector.add(fix, body["home"], key)
+        result = detector.add(fix, body["home"], key, source=body["src"][1])
         if isinstance(result, LateFix):
             if body["home"] == key:
                 await _late(event, body, f"ping ts={format_ts(fix.ts)} arrived after the crossing detector's "

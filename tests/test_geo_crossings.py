@@ -1,0 +1,513 @@
+"""Crossing detection: edge-case tables, oracle properties, streaming exactness."""
+
+from __future__ import annotations
+
+import ast
+import collections
+import functools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import h3
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import geo.crossings as gc
+from geo.crossings import (
+    CellDetector,
+    Crossing,
+    CrossingParams,
+    Fix,
+    LateFix,
+    PairCooldown,
+    detect_crossings,
+    detect_crossings_file,
+    distance_band,
+    pair_key,
+    route,
+    split_pair_key,
+)
+from geo.distance import EARTH_RADIUS_M, haversine_m, midpoint
+from geo.oracle import brute_force_pairs
+from geo.zones import SensitiveZones
+
+GEO_DIR = Path(__file__).resolve().parents[1] / "geo"
+P = CrossingParams()
+ZONES = SensitiveZones.paris_sample()
+
+
+def frame(rows) -> pd.DataFrame:
+    """Pings from (user, ts, lat, lon[, accuracy]) tuples."""
+    rows = [tuple(r) + (None,) * (5 - len(r)) for r in rows]
+    return pd.DataFrame(rows, columns=["user_id", "ts", "lat", "lon", "accuracy_m"]).astype({"accuracy_m": float})
+
+
+def stream_crossings(df: pd.DataFrame, params: CrossingParams, zones=None, purge=None):
+    """Feed pings in time order through route() and one CellDetector per key; all crossings."""
+    detectors: dict[str, CellDetector] = {}
+    found = []
+    purged_at = None
+    for n, row in enumerate(df.sort_values("ts", kind="stable").itertuples(index=False)):
+        if purge is not None and n == purge[1]:
+            for det in detectors.values():
+                det.purge_user(purge[0])
+            purged_at = len(found)
+        if purged_at is not None and row.user_id == purge[0]:
+            continue  # consent withdrawn: ingestion drops the user's later pings
+        acc = None if pd.isna(row.accuracy_m) else float(row.accuracy_m)
+        fix = Fix(row.user_id, float(row.ts), float(row.lat), float(row.lon), acc)
+        keys = route(fix, params)
+        for key, _ in keys:
+            det = detectors.setdefault(key, CellDetector(params, zones))
+            out = det.add(fix, keys[0][0], key)
+            assert not isinstance(out, LateFix)
+            found.extend(out)
+    return found, purged_at
+
+
+def pairs_of(out) -> set[tuple[str, str]]:
+    if isinstance(out, pd.DataFrame):
+        return set(zip(out["user_a"], out["user_b"]))
+    return {(c.user_a, c.user_b) for c in out}
+
+
+def exact_d_lon(lat: float, d: float) -> float:
+    """Largest lon offset at latitude lat whose haversine from (lat, 0) is <= d."""
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if haversine_m(lat, 0.0, lat, mid) <= d:
+            lo = mid
+        else:
+            hi = mid
+    while haversine_m(lat, 0.0, lat, np.nextafter(lo, 2.0)) <= d:
+        lo = float(np.nextafter(lo, 2.0))
+    return lo
+
+
+# --------------------------------------------------------------------------- distance
+
+
+def test_haversine_scalar_and_array_agree_bit_for_bit():
+    rng = np.random.default_rng(3)
+    a = rng.uniform(-90, 90, (4, 2000))
+    a[1] *= 2
+    a[3] *= 2
+    arr = haversine_m(a[0], a[1], a[2], a[3])
+    scal = np.array([haversine_m(*a[:, i]) for i in range(2000)])
+    assert np.array_equal(arr, scal)
+    assert np.array_equal(arr, haversine_m(a[2], a[3], a[0], a[1]))  # symmetric
+
+
+@pytest.mark.parametrize(
+    "p, q, expected_m",
+    [
+        ((0.0, 0.0), (0.0, 1.0), EARTH_RADIUS_M * math.pi / 180),
+        ((0.0, 179.9995), (0.0, -179.9995), EARTH_RADIUS_M * math.radians(0.001)),
+        ((90.0, 0.0), (-90.0, 0.0), EARTH_RADIUS_M * math.pi),
+        ((89.999, 0.0), (89.999, 180.0), EARTH_RADIUS_M * math.radians(0.002)),
+    ],
+)
+def test_haversine_known_distances(p, q, expected_m):
+    assert haversine_m(*p, *q) == pytest.approx(expected_m, rel=1e-9)
+
+
+def test_midpoint_across_antimeridian_and_symmetric():
+    lat, lon = midpoint(10.0, 179.9, 10.0, -179.9)
+    assert lat == pytest.approx(10.0, abs=1e-3) and abs(lon) == pytest.approx(180.0, abs=1e-9)
+    assert midpoint(1.0, 2.0, 3.0, 4.0) == midpoint(3.0, 4.0, 1.0, 2.0)
+
+
+# --------------------------------------------------------------------------- params and small pieces
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"distance_m": -1}, "distance_m=-1 must be > 0"),
+        ({"distance_m": 0.5}, "distance_m=0.5 must be in"),
+        ({"window_s": -5.0}, "window_s=-5.0"),
+        ({"max_accuracy_m": -1.0}, "max_accuracy_m=-1.0"),
+        ({"cooldown_s": float("inf")}, "cooldown_s=inf"),
+        ({"place_resolution": 16}, "place_resolution=16"),
+        ({"place_resolution": True}, "place_resolution=True"),
+        ({"partition_cell_m": 100.0}, "partition_cell_m=100.0 must be finite and >= distance_m=250.0"),
+        ({"distance_m": "250"}, "distance_m='250' must be a number"),
+    ],
+)
+def test_params_validation_names_the_bad_value(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        CrossingParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "d, band",
+    [(0.0, "<50m"), (49.99, "<50m"), (50.0, "50-100m"), (99.9, "50-100m"), (100.0, "100-250m"), (250.0, "100-250m"), (250.01, ">250m")],
+)
+def test_distance_band_default(d, band):
+    assert distance_band(d, P) == band
+
+
+def test_distance_band_follows_distance_param():
+    assert distance_band(10, CrossingParams(distance_m=100, partition_cell_m=100)) == "<20m"
+    assert distance_band(90, CrossingParams(distance_m=100, partition_cell_m=100)) == "40-100m"
+
+
+@pytest.mark.parametrize("a, b", [("alice", "bob"), ("a|b", "c"), ("1:x", "1:y"), ("", "z"), ("ü", "u")])
+def test_pair_key_is_order_free_and_reversible(a, b):
+    assert pair_key(a, b) == pair_key(b, a)
+    assert split_pair_key(pair_key(a, b)) == tuple(sorted((a, b)))
+
+
+def test_pair_key_rejects_same_user():
+    with pytest.raises(ValueError, match="'x' twice"):
+        pair_key("x", "x")
+
+
+def test_crossing_views_and_order():
+    c = Crossing("a", "b", 10.0, "881fb46625fffff", "<50m")
+    va, vb = c.views()
+    assert (va.user, va.other, vb.user, vb.other) == ("a", "b", "b", "a")
+    assert va.place == vb.place == c.place and va.ts == vb.ts == 10.0
+    with pytest.raises(ValueError, match="user_a='b' must sort before user_b='a'"):
+        Crossing("b", "a", 1.0, "x", "<50m")
+
+
+# --------------------------------------------------------------------------- edge-case table
+
+LAT0 = 48.85
+DLON_AT_D = exact_d_lon(LAT0, P.distance_m)
+NEXT_LON = float(np.nextafter(DLON_AT_D, 2.0))
+
+EDGE_CASES = [
+    # id, rows, expected pairs
+    ("exactly-D", [("a", 0, LAT0, 0.0), ("b", 0, LAT0, DLON_AT_D)], {("a", "b")}),
+    ("just-over-D", [("a", 0, LAT0, 0.0), ("b", 0, LAT0, NEXT_LON)], set()),
+    ("exactly-T", [("a", 1_700_000_000.0, 1.0, 1.0), ("b", 1_700_000_300.0, 1.0, 1.0)], {("a", "b")}),
+    ("just-over-T", [("a", 1_700_000_000.0, 1.0, 1.0), ("b", 1_700_000_300.001, 1.0, 1.0)], set()),
+    ("same-user", [("a", 0, 1.0, 1.0), ("a", 1, 1.0, 1.0)], set()),
+    ("accuracy-at-bound", [("a", 0, 1.0, 1.0, 100.0), ("b", 0, 1.0, 1.0, 100.0)], {("a", "b")}),
+    ("accuracy-over-bound", [("a", 0, 1.0, 1.0, 100.01), ("b", 0, 1.0, 1.0, 5.0)], set()),
+    ("accuracy-unknown", [("a", 0, 1.0, 1.0, None), ("b", 0, 1.0, 1.0, None)], {("a", "b")}),
+    ("antimeridian", [("a", 0, 0.0, 179.9995), ("b", 0, 0.0, -179.9995)], {("a", "b")}),
+    ("antimeridian-180", [("a", 0, 10.0, 180.0), ("b", 0, 10.0, -180.0)], {("a", "b")}),
+    ("antimeridian-far", [("a", 0, 0.0, 179.99), ("b", 0, 0.0, -179.99)], set()),
+    ("north-pole-across", [("a", 0, 89.999, 0.0), ("b", 0, 89.999, 180.0)], {("a", "b")}),
+    ("near-pole-89.99", [("a", 0, 89.99, 0.0), ("b", 0, 89.99, 1.0)], {("a", "b")}),
+    ("near-pole-89.99-far", [("a", 0, 89.99, 0.0), ("b", 0, 89.99, 30.0)], set()),
+    ("south-pole", [("a", 0, -90.0, 0.0), ("b", 0, -89.998, 77.0)], {("a", "b")}),
+    ("three-users", [("a", 0, 1.0, 1.0), ("b", 60, 1.0, 1.001), ("c", 120, 1.0, 1.002)], {("a", "b"), ("b", "c"), ("a", "c")}),
+]
+
+
+@pytest.mark.parametrize("rows, expected", [pytest.param(r, e, id=i) for i, r, e in EDGE_CASES])
+def test_edge_cases_batch_oracle_and_stream_agree(rows, expected):
+    df = frame(rows)
+    assert brute_force_pairs(df, P) == expected
+    assert pairs_of(detect_crossings(df, P)) == expected
+    assert pairs_of(stream_crossings(df, P)[0]) == expected
+
+
+def test_exactly_d_is_really_exactly_d():
+    assert haversine_m(LAT0, 0.0, LAT0, DLON_AT_D) <= P.distance_m < haversine_m(LAT0, 0.0, LAT0, NEXT_LON)
+
+
+# --------------------------------------------------------------------------- zones
+
+NOTRE_DAME = (48.8530, 2.3499)
+ZONE_CASES = [
+    ("ping-inside-zone", [("a", 0, *NOTRE_DAME), ("b", 0, NOTRE_DAME[0] + 0.0015, NOTRE_DAME[1])], set()),
+    # 120 m on either side of a 110 m zone: both pings outside, midpoint inside
+    ("midpoint-inside-zone", [("a", 0, NOTRE_DAME[0] - 0.00108, NOTRE_DAME[1]), ("b", 0, NOTRE_DAME[0] + 0.00108, NOTRE_DAME[1])], set()),
+    ("outside-zones", [("a", 0, 48.8600, 2.3400), ("b", 0, 48.8601, 2.3401)], {("a", "b")}),
+]
+
+
+@pytest.mark.parametrize("rows, expected", [pytest.param(r, e, id=i) for i, r, e in ZONE_CASES])
+def test_zones_exclude_crossings(rows, expected):
+    df = frame(rows)
+    assert brute_force_pairs(df, P, ZONES) == expected
+    assert pairs_of(detect_crossings(df, P, ZONES)) == expected
+    assert pairs_of(stream_crossings(df, P, ZONES)[0]) == expected
+    assert brute_force_pairs(df, P) == {("a", "b")}  # without zones they do cross
+
+
+def test_zones_from_geojson(tmp_path):
+    doc = json.loads((GEO_DIR / "data" / "zones-paris-sample.geojson").read_text())
+    assert {f["properties"]["category"] for f in doc["features"]} == {"health", "religion"}
+    assert ZONES.contains(48.8385, 2.3640) and ZONES.contains(48.8420, 2.3551) and not ZONES.contains(48.8600, 2.3400)
+    assert list(SensitiveZones.empty().contains([1.0, 2.0], [3.0, 4.0])) == [False, False]
+    bad = tmp_path / "bad.geojson"
+    bad.write_text(json.dumps({"type": "Feature"}))
+    with pytest.raises(ValueError, match="type='Feature'"):
+        SensitiveZones.from_geojson(bad)
+
+
+# --------------------------------------------------------------------------- cooldown and place
+
+
+def test_batch_cooldown_reports_first_then_after_cooldown():
+    rows = []
+    for t in (0, 1000, 3600, 3700, 7199, 7300):
+        rows += [("a", float(t), 1.0, 1.0), ("b", float(t), 1.0, 1.0)]
+    rows += [("c", 50.0, 1.0, 1.0)]
+    out = detect_crossings(frame(rows), P)
+    ab = out[(out.user_a == "a") & (out.user_b == "b")]
+    assert list(ab.ts) == [0.0, 3600.0, 7300.0]
+    assert set(out[out.user_b == "c"].ts) == {50.0}
+    assert list(out.ts) == sorted(out.ts)
+
+
+def test_pair_cooldown_offer_purge_snapshot():
+    cd = PairCooldown(P)
+    c = lambda a, b, t: Crossing(a, b, t, "p", "<50m")  # noqa: E731
+    assert [cd.offer(c("a", "b", t)) for t in (0, 10, 3599.9, 3600, 7000, 7200)] == [True, False, False, True, False, True]
+    assert cd.offer(c("a", "c", 5))
+    cd2 = PairCooldown.restore(json.loads(json.dumps(cd.snapshot())), P)
+    assert cd2.snapshot() == cd.snapshot()
+    assert not cd2.offer(c("a", "b", 7300))
+    assert cd2.purge_user("a") == ["b", "c"]
+    assert len(cd2) == 0 and cd2.offer(c("a", "b", 7300))
+
+
+def test_place_is_h3_of_midpoint_never_the_raw_fix():
+    df = frame([("a", 0, 48.85001, 2.35001), ("b", 10, 48.85101, 2.35101)])
+    out = detect_crossings(df, P)
+    (place,) = out.place
+    mlat, mlon = midpoint(48.85001, 2.35001, 48.85101, 2.35101)
+    assert place == h3.latlng_to_cell(mlat, mlon, P.place_resolution)
+    assert h3.is_valid_cell(place) and h3.get_resolution(place) == 8
+    assert "48.85" not in place and "2.35" not in place
+    assert set(out.columns) == {"user_a", "user_b", "ts", "place", "distance_band"}
+    (streamed,) = stream_crossings(df, P)[0]
+    assert streamed.place == place and streamed.ts == 10.0 and streamed.distance_band == "100-250m"
+    coarse = CrossingParams(place_resolution=5)
+    assert h3.get_resolution(detect_crossings(df, coarse).place[0]) == 5
+
+
+def test_invalid_input_names_the_value():
+    with pytest.raises(ValueError, match=r"lat=91.0 \(row 1\) is outside \[-90, 90\]"):
+        detect_crossings(frame([("a", 0, 1.0, 1.0), ("b", 0, 91.0, 1.0)]), P)
+    with pytest.raises(ValueError, match="lack"):
+        detect_crossings(pd.DataFrame({"user_id": ["a"], "ts": [0.0]}), P)
+
+
+def test_empty_and_single_inputs():
+    assert detect_crossings(frame([]), P).empty
+    assert detect_crossings(frame([("a", 0, 1.0, 1.0)]), P).empty
+
+
+# --------------------------------------------------------------------------- streaming details
+
+
+def test_cell_detector_late_evict_purge_memory():
+    det = CellDetector(P)
+    fix = lambda u, t, lat=1.0: Fix(u, t, lat, 1.0)  # noqa: E731
+    key = route(fix("a", 0))[0][0]
+    assert det.add(fix("a", 1000.0), key, key) == []
+    late = det.add(fix("b", 1000.0 - P.lateness_s - 1), key, key)
+    assert isinstance(late, LateFix) and late.watermark == 1000.0 - P.lateness_s
+    (c,) = det.add(fix("b", 900.0), key, key)  # within lateness: still matched
+    assert (c.user_a, c.user_b, c.ts) == ("a", "b", 1000.0)
+    assert det.live_pings == 2
+    assert det.purge_user("a") == 1 and det.purge_user("a") == 0
+    assert [(c.user_a, c.user_b) for c in det.add(fix("c", 1001.0), key, key)] == [("b", "c")]  # a is gone
+    det.add(fix("d", 5000.0), key, key)
+    assert det.evict() == 2 and det.live_pings == 1
+    with pytest.raises(ValueError, match="home_key='9:9' > key='0:0'"):
+        det.add(fix("e", 5000.0), "9:9", "0:0")
+
+
+def test_cell_detector_memory_per_live_ping():
+    rng = np.random.default_rng(5)
+    det = CellDetector(P)
+    n = 6_000
+    lat = 48.85 + rng.uniform(-0.03, 0.03, n)
+    lon = 2.35 + rng.uniform(-0.045, 0.045, n)
+    for i in range(n):
+        f = Fix(f"user-{rng.integers(0, 3000)}", i * 0.1, lat[i], lon[i])
+        keys = route(f, P)
+        for key, _ in keys:
+            det.add(f, keys[0][0], key)
+    assert det.live_pings > 1000
+    assert det.memory_bytes() / det.live_pings <= 300
+
+
+def test_route_home_first_and_guests_greater():
+    f = Fix("a", 0.0, 48.85, 2.35)
+    keys = route(f, P)
+    assert keys[0][1] and all(not home and k > keys[0][0] for k, home in keys[1:])
+    assert route(Fix("a", 0.0, 48.85, 2.35, accuracy_m=500.0), P) == []
+    with pytest.raises(ValueError, match="lat=95.0"):
+        route(Fix("a", 0.0, 95.0, 2.35), P)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_detect_crossings_file_csv_and_parquet(tmp_path):
+    src = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "c", "d"],
+            "ts": ["2024-05-01T12:00:00Z", "2024-05-01T14:01:00.250+02:00", "1714564800000", "2024-05-01T12:00:00Z"],
+            "lat": [48.86, 48.8601, 48.8602, 10.0],
+            "lon": [2.34, 2.3401, 2.3402, 10.0],
+            "accuracy_m": [5.0, None, 20.0, 5.0],
+        }
+    )
+    src.to_csv(tmp_path / "in.csv", index=False)
+    assert detect_crossings_file(tmp_path / "in.csv", tmp_path / "out.csv", P) == 3
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["user_a", "user_b", "ts", "place", "distance_band"]
+    assert set(zip(out.user_a, out.user_b)) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert set(out.ts) == {"2024-05-01T12:01:00.250Z", "2024-05-01T12:00:00Z"}
+    pq = src.assign(ts=[1714564800000, 1714564860250, 1714564800000, 1714564800000])
+    pq.to_parquet(tmp_path / "in.parquet")
+    assert detect_crossings_file(tmp_path / "in.parquet", tmp_path / "out2.csv", P) == 3
+    assert pd.read_csv(tmp_path / "out2.csv").equals(out)
+    with pytest.raises(ValueError, match="must end in .csv or .parquet"):
+        detect_crossings_file(tmp_path / "in.json", tmp_path / "x.csv", P)
+
+
+# --------------------------------------------------------------------------- properties
+
+CENTERS = [(48.85, 2.35), (0.0, 179.999), (0.0, -180.0), (89.99, 0.0), (-89.999, 45.0), (60.0, 179.995), (48.8530, 2.3499)]
+
+
+@st.composite
+def ping_sets(draw, max_size=60):
+    """Clustered pings (so crossings happen) around one center, some near cell borders."""
+    lat0, lon0 = draw(st.sampled_from(CENTERS))
+    spread = draw(st.sampled_from([0.0005, 0.002, 0.006]))
+    n = draw(st.integers(0, max_size))
+    n_users = draw(st.integers(1, 8))
+    rows = []
+    for _ in range(n):
+        dlat = draw(st.floats(-spread, spread, allow_nan=False))
+        dlon = draw(st.floats(-spread, spread, allow_nan=False)) * 3
+        lat = min(90.0, max(-90.0, lat0 + dlat))
+        lon = (lon0 + dlon + 180.0) % 360.0 - 180.0
+        t = draw(st.sampled_from([0.0, 100.0, 300.0, 600.0, 3600.0])) + draw(st.sampled_from([0.0, 0.5, 299.0]))
+        acc = draw(st.sampled_from([None, 5.0, 100.0, 150.0]))
+        rows.append((f"u{draw(st.integers(0, n_users - 1))}", t, lat, lon, acc))
+    return frame(rows)
+
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@SETTINGS
+@given(df=ping_sets())
+def test_batch_pairs_equal_oracle(df):
+    assert pairs_of(detect_crossings(df, P)) == brute_force_pairs(df, P)
+
+
+@SETTINGS
+@given(df=ping_sets())
+def test_batch_pairs_equal_oracle_search_index(df):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gc, "_matching_pairs", functools.partial(gc._matching_pairs, force_search=True))
+        assert pairs_of(detect_crossings(df, P)) == brute_force_pairs(df, P)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=ping_sets(), d=st.sampled_from([1.0, 60.0, 500.0]), t=st.sampled_from([0.0, 100.0]))
+def test_batch_pairs_equal_oracle_other_params(df, d, t):
+    params = CrossingParams(distance_m=d, window_s=t, partition_cell_m=max(d, 300.0))
+    assert pairs_of(detect_crossings(df, params)) == brute_force_pairs(df, params)
+    assert pairs_of(stream_crossings(df, params)[0]) == brute_force_pairs(df, params)
+
+
+@SETTINGS
+@given(df=ping_sets())
+def test_batch_with_zones_equals_oracle(df):
+    assert pairs_of(detect_crossings(df, P, ZONES)) == brute_force_pairs(df, P, ZONES)
+
+
+def _ping_pair_multiset(df, params, zones=None):
+    """Every matching ping pair as (a, b, ts, band), from the batch matcher without cooldown."""
+    pings = gc._prepare(df, params, zones)
+    i, j, d = gc._matching_pairs(pings, params)
+    if zones and i.size:
+        ok = gc._outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)[2]
+        i, j, d = i[ok], j[ok], d[ok]
+    names = pings.names
+    out = collections.Counter()
+    for x, y, dd in zip(i, j, d):
+        a, b = sorted((names[pings.user[x]], names[pings.user[y]]))
+        out[(a, b, float(max(pings.ts[x], pings.ts[y])), distance_band(dd, params))] += 1
+    return out
+
+
+@SETTINGS
+@given(df=ping_sets(), cell_m=st.sampled_from([250.0, 400.0, 1000.0]))
+def test_partitioned_stream_is_exact(df, cell_m):
+    params = CrossingParams(partition_cell_m=cell_m)
+    found, _ = stream_crossings(df, params, ZONES)
+    got = collections.Counter((c.user_a, c.user_b, c.ts, c.distance_band) for c in found)
+    assert got == _ping_pair_multiset(df, params, ZONES)  # every ping pair once: no loss, no duplicate
+    assert pairs_of(found) == brute_force_pairs(df, params, ZONES)
+    cd = PairCooldown(params)
+    assert {(c.user_a, c.user_b) for c in sorted(found, key=lambda c: c.ts) if cd.offer(c)} == pairs_of(found)
+
+
+@SETTINGS
+@given(df=ping_sets(), cut=st.floats(0.0, 1.0))
+def test_purge_user_removes_user_from_later_results(df, cut):
+    if df.empty:
+        return
+    victim = df.user_id.iloc[0]
+    found, purged_at = stream_crossings(df, P, purge=(victim, int(cut * len(df))))
+    later = found[purged_at:] if purged_at is not None else []
+    assert all(victim not in (c.user_a, c.user_b) for c in later)
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def test_geo_never_imports_kafka_or_faust():
+    banned = {"faust", "kafka", "aiokafka"}
+    for path in GEO_DIR.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not {n.split(".")[0] for n in names} & banned, f"{path} imports {names}"
+    code = (
+        "import sys, pkgutil, importlib, geo\n"
+        "for m in pkgutil.walk_packages(geo.__path__, 'geo.'): importlib.import_module(m.name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'faust', 'kafka', 'aiokafka'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=GEO_DIR.parent)
+    assert out.stdout.strip() == "[]"
+
+
+def test_watermark_waits_for_the_slowest_source():
+    """A fix from a lagging upstream partition is not late while that partition is behind."""
+    from geo.crossings import CellDetector, CrossingParams, Fix, LateFix, route
+
+    params = CrossingParams(lateness_s=60)
+    det = CellDetector(params, sources=[0, 1])
+    a = Fix("a", 10_000.0, 48.85, 2.35)
+    b = Fix("b", 9_000.0, 48.85, 2.35)  # 1000 s older, from another source
+    key = route(a, params)[0][0]
+    assert det.add(a, key, key, source=0) == []
+    assert det.watermark == -math.inf  # source 1 has sent nothing yet
+    found = det.add(b, key, key, source=1)
+    assert not isinstance(found, LateFix)
+    assert det.watermark == 9_000.0 - 60
+    # Without sources the same fix is late.
+    single = CellDetector(params)
+    single.add(a, key, key)
+    assert isinstance(single.add(b, key, key), LateFix)
+    # Once every source has moved on, old fixes are late again.
+    det.add(Fix("c", 10_100.0, 48.85, 2.35), key, key, source=1)
+    assert isinstance(det.add(Fix("d", 9_500.0, 48.85, 2.35), key, key, source=0), LateFix)
