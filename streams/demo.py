@@ -17,15 +17,14 @@ from streams.topics import create_topics
 
 def worker_env(settings: Settings, web_port: int) -> dict[str, str]:
     """Environment for a worker subprocess that sees the same settings."""
-    env = dict(os.environ)
-    env.update({
-        "CROSSPATHS_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "CROSSPATHS_TOPIC_PREFIX": settings.topic_prefix,
-        "CROSSPATHS_APP_ID": settings.app_id,
-        "CROSSPATHS_PARTITIONS": str(settings.partitions),
-        "CROSSPATHS_HOME": str(settings.home),
-        "CROSSPATHS_WEB_PORT": str(web_port),
-    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSPATHS_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"CROSSPATHS_{name.upper()}"] = str(value)
+    env["CROSSPATHS_WEB_PORT"] = str(web_port)
     return env
 
 

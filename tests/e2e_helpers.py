@@ -31,6 +31,7 @@ def running_workers(settings: Settings, count: int = 1):
             log = Path(settings.home) / f"worker-{i}.log"
             logs.append(log)
             procs.append(start_worker(settings, free_port(), log))
+        wait_group_stable(settings, members=count)
         yield procs
     except BaseException:
         for log in logs:
@@ -40,6 +41,25 @@ def running_workers(settings: Settings, count: int = 1):
     finally:
         for p in procs:
             stop_worker(p)
+
+
+def wait_group_stable(settings: Settings, members: int, timeout_s: float = 90) -> None:
+    """Wait until the workers' consumer group is Stable with `members` members (rebalance done)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            group = admin.describe_groups([settings.app_id]).get(settings.app_id, {})
+            if group.get("group_state") == "Stable" and len(group.get("members", [])) == members:
+                time.sleep(1)
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"consumer group {settings.app_id} not stable with {members} members: {group}")
+            time.sleep(0.5)
+    finally:
+        admin.close()
 
 
 def producer(settings: Settings) -> KafkaProducer:

@@ -1,0 +1,131 @@
+"""End to end on the real broker: streamed crossings equal the brute-force oracle; withdrawal retracts."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geo.crossings import CrossingParams
+from geo.oracle import brute_force_pairs
+from schemas.timefmt import format_ts
+from tests.e2e_helpers import consume_all, producer, running_workers, send_json, wait_received
+
+pytestmark = pytest.mark.e2e
+
+
+def city_pings(seed: int, users: int = 60, minutes: int = 20) -> pd.DataFrame:
+    """Users wandering between a few hotspots (so crossings happen, many near cell borders)."""
+    rng = np.random.default_rng(seed)
+    hotspots = np.array([[48.8566, 2.3522], [48.8600, 2.3400], [48.8530, 2.3690], [48.8700, 2.3550]])
+    t0 = time.time() - minutes * 60 - 300
+    rows = []
+    for u in range(users):
+        spot = hotspots[rng.integers(len(hotspots))]
+        t = t0 + rng.uniform(0, 120)
+        while t < t0 + minutes * 60:
+            if rng.random() < 0.2:
+                spot = hotspots[rng.integers(len(hotspots))]
+            lat = spot[0] + rng.normal(0, 0.004)
+            lon = spot[1] + rng.normal(0, 0.006)
+            rows.append((f"u{u:03d}", t, lat, lon, float(rng.choice([5.0, 20.0, 150.0], p=[.6, .3, .1]))))
+            t += rng.uniform(30, 150)
+    df = pd.DataFrame(rows, columns=["user_id", "ts", "lat", "lon", "accuracy_m"])
+    return df.sort_values("ts").reset_index(drop=True)
+
+
+def produce_pings(s, prod, df: pd.DataFrame) -> None:
+    for row in df.itertuples():
+        send_json(prod, s.topic("geo-pings"), row.user_id, {
+            "user_id": row.user_id, "ts": int(round(row.ts * 1000)), "lat": row.lat, "lon": row.lon,
+            "accuracy_m": row.accuracy_m})
+    prod.flush()
+
+
+def reported_pairs(records: list) -> list[tuple[str, str]]:
+    out = []
+    for r in records:
+        rec = json.loads(r.value)
+        if rec["type"] == "crossing" and rec["user_id"] < rec["other_user_id"]:
+            out.append((rec["user_id"], rec["other_user_id"]))
+    return out
+
+
+@pytest.mark.parametrize("partitions, workers", [(1, 1), (4, 2), (12, 1)])
+def test_streamed_pairs_equal_the_oracle(pipeline_settings, partitions, workers):
+    s = pipeline_settings.model_copy(update={"partitions": partitions})
+    df = city_pings(seed=partitions)
+    df["ts"] = (df["ts"] * 1000).round() / 1000  # what goes over the wire: epoch milliseconds
+    oracle = brute_force_pairs(df, CrossingParams())
+    assert len(oracle) > 30, "the workload must produce crossings"
+    with running_workers(s, count=workers):
+        prod = producer(s)
+        produce_pings(s, prod, df)
+        wait_received(s, {"geo-pings": len(df)}, timeout_s=180)
+        deadline = time.monotonic() + 90
+        while True:
+            records = consume_all(s, "crossings")
+            pairs = reported_pairs(records)
+            if set(pairs) >= oracle or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        time.sleep(3)
+        records = consume_all(s, "crossings")
+    pairs = reported_pairs(records)
+    assert set(pairs) == oracle
+    assert len(pairs) == len(set(pairs)), "each pair is reported once within the cooldown"
+    # One record per participant, keyed by that participant; the place is an H3 cell, not a coordinate.
+    views = [json.loads(r.value) for r in records]
+    assert len(views) == 2 * len(pairs)
+    for r, v in zip(records, views):
+        assert r.key.decode() == v["user_id"]
+        assert "lat" not in v and "lon" not in v and len(v["place"]) == 15
+
+
+def test_withdrawal_retracts_and_stops_crossings(pipeline_settings):
+    s = pipeline_settings.model_copy(update={"crossing_cooldown_s": 60.0})
+    t0 = time.time() - 3600
+    spot = (48.8566, 2.3522)
+
+    def together(users, t, n):
+        return [{"user_id": u, "ts": int((t + i * 120 + j) * 1000), "lat": spot[0] + j * 1e-4, "lon": spot[1],
+                 "accuracy_m": 5.0} for i in range(n) for j, u in enumerate(users)]
+
+    with running_workers(s, count=1):
+        prod = producer(s)
+        for doc in together(["alice", "bob"], t0, 3):
+            send_json(prod, s.topic("geo-pings"), doc["user_id"], doc)
+        prod.flush()
+        first = _wait_for(s, lambda recs: ("alice", "bob") in reported_pairs(recs))
+        assert ("alice", "bob") in reported_pairs(first)
+
+        send_json(prod, s.topic("consents"), "alice",
+                  {"user_id": "alice", "updated_at": format_ts(time.time() - 60), "crossings": False})
+        prod.flush()
+        wait_received(s, {"consents": 1})
+        # Later, alice, bob and carol meet again: only bob and carol may cross now.
+        later = together(["alice", "bob", "carol"], t0 + 1200, 3)
+        for doc in later:
+            send_json(prod, s.topic("geo-pings"), doc["user_id"], doc)
+        prod.flush()
+        records = _wait_for(s, lambda recs: ("bob", "carol") in reported_pairs(recs))
+
+    docs = [json.loads(r.value) for r in records]
+    retract_alice = [d for d in docs if d["type"] == "retraction" and d["user_id"] == "alice"]
+    retract_bob = [d for d in docs if d["type"] == "retraction" and d["user_id"] == "bob"]
+    assert retract_alice and retract_alice[0].get("other_user_id") is None
+    assert [d["other_user_id"] for d in retract_bob] == ["alice"]
+    alice_bob = [d for d in docs if d["type"] == "crossing" and {d["user_id"], d["other_user_id"]} == {"alice", "bob"}]
+    assert all(d["ts"] < format_ts(t0 + 1200) for d in alice_bob), "no crossing with alice after she withdrew"
+    assert ("bob", "carol") in reported_pairs(records)
+
+
+def _wait_for(s, predicate, timeout_s: float = 90):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = consume_all(s, "crossings")
+        if predicate(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(1)
