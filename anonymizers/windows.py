@@ -18,7 +18,7 @@ could have been published.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, Literal, NamedTuple
 
 SNAPSHOT_VERSION = 1
@@ -71,7 +71,7 @@ def _sorted(values: set) -> list:
 class WindowedDistinct:
     """Distinct members per key per tumbling event-time window, with allowed lateness."""
 
-    def __init__(self, size_s: float, lateness_s: float = 0.0) -> None:
+    def __init__(self, size_s: float, lateness_s: float = 0.0, sources: Iterable[Hashable] = ()) -> None:
         if isinstance(size_s, bool) or not isinstance(size_s, (int, float)) or not size_s > 0 or not math.isfinite(size_s):
             raise ValueError(f"size_s={size_s!r} must be a finite number > 0")
         if isinstance(lateness_s, bool) or not isinstance(lateness_s, (int, float)) or not lateness_s >= 0 or not math.isfinite(lateness_s):
@@ -80,6 +80,9 @@ class WindowedDistinct:
         self.lateness_s = float(lateness_s)
         self._windows: dict[float, dict[Hashable, set]] = {}
         self._watermark = -math.inf
+        # With sources (upstream partitions), the watermark is the slowest source's max ts, so a
+        # source that lags behind the others makes nothing late.
+        self._source_max: dict[Hashable, float] = {src: -math.inf for src in sources}
 
     @property
     def watermark(self) -> float | None:
@@ -90,7 +93,7 @@ class WindowedDistinct:
         """Start times of the windows currently held, in order."""
         return sorted(self._windows)
 
-    def add(self, ts: float, key: Hashable, member: Hashable) -> Literal["ok", "late"]:
+    def add(self, ts: float, key: Hashable, member: Hashable, source: Hashable | None = None) -> Literal["ok", "late"]:
         """Record member under key in ts's window; "late" (and dropped) if that window is closed."""
         _check_ts(ts)
         size = self.size_s
@@ -105,7 +108,11 @@ class WindowedDistinct:
             window[key] = {member}
         else:
             members.add(member)
-        if ts > self._watermark:
+        if self._source_max:
+            if source in self._source_max and ts > self._source_max[source]:
+                self._source_max[source] = ts
+                self._watermark = max(self._watermark, min(self._source_max.values()))
+        elif ts > self._watermark:
             self._watermark = ts
         return "ok"
 

@@ -176,7 +176,7 @@ async def ingest_connection_logs(stream):
             _count(event, "dropped_consent")
             continue
         _count(event, "accepted")
-        await _forward_connection_log(log)
+        await _forward_connection_log(event, log)
 
 
 # ---------------------------------------------------------------------------
@@ -208,11 +208,11 @@ pair_table = app.Table("pair-last", default=None, partitions=P, key_type=str, va
 location_windows = TableBackedWindows(
     app.Table("location-members", default=None, partitions=P, key_type=str, value_type=int),
     app.Table("location-published", default=None, partitions=P, key_type=str, value_type=bool),
-    settings.stats_window_s, settings.stats_lateness_s)
+    settings.stats_window_s, settings.stats_lateness_s, sources=range(P))
 connection_windows = TableBackedWindows(
     app.Table("connection-members", default=None, partitions=P, key_type=str, value_type=int),
     app.Table("connection-published", default=None, partitions=P, key_type=str, value_type=bool),
-    settings.stats_window_s, settings.stats_lateness_s)
+    settings.stats_window_s, settings.stats_lateness_s, sources=range(P))
 
 # In-memory state: the detector holds at most window + lateness of pings, rebuilt as pings arrive.
 detectors: dict[int, CellDetector] = {}
@@ -244,17 +244,20 @@ async def _forward_ping(event: faust.EventT, ping, consent: Consent | None, purp
         base = h3.latlng_to_cell(ping.lat, ping.lon, KANON.base_resolution)
         coarse = h3.cell_to_parent(base, KANON.coarsest_resolution)
         ws = window_start(ping.ts, settings.stats_window_s)
+        msg = event.message
         await stats_cells.send(key=coarse.encode(), value=_json(
-            {"ts": ping.ts, "cell": base, "m": PSEUDONYMS.pseudonym(ping.user_id, ws)}))
+            {"ts": ping.ts, "cell": base, "m": PSEUDONYMS.pseudonym(ping.user_id, ws),
+             "src": [msg.topic, msg.partition, msg.offset]}))
 
 
-async def _forward_connection_log(log) -> None:
+async def _forward_connection_log(event: faust.EventT, log) -> None:
     """Reduce a connection log (no user id leaves this function) and send it to the statistics stage."""
     reduced = reduce_connection(ts=log.ts, ip=log.ip, user_agent=log.user_agent, event=log.event,
                                 isp=log.isp, language=log.language)
     ws = window_start(log.ts, settings.stats_window_s)
     await stats_connections.send(key=CONNECTIONS_KEY, value=_json(
-        {"ts": log.ts, "g": list(group_key(reduced, GROUP_BY)), "m": PSEUDONYMS.pseudonym(log.user_id, ws)}))
+        {"ts": log.ts, "g": list(group_key(reduced, GROUP_BY)), "m": PSEUDONYMS.pseudonym(log.user_id, ws),
+         "src": [event.message.topic, event.message.partition, event.message.offset]}))
 
 
 async def _apply_consent_change(previous: Consent | None, current: Consent) -> None:
@@ -335,6 +338,20 @@ async def _late(event: faust.EventT, body: dict, message: str) -> None:
     _count_stage(event, "late")
 
 
+async def _late_for_statistics(event: faust.EventT, body: dict) -> None:
+    """Dead-letter an event whose statistics window had closed; its raw bytes stay in the input topic."""
+    topic, partition, offset = body["src"]
+    letter = DeadLetter(
+        source_topic=topic, partition=partition, offset=offset, key_b64=None, value_b64=None,
+        reason=Reason.LATE_EVENT.value, rejected_at=format_ts(time.time()),
+        message=f"event ts={format_ts(body['ts'])} arrived after its statistics window closed (allowed lateness "
+                f"{settings.stats_lateness_s} s); it was not counted. The raw message is at this position of "
+                f"{topic} (no user data is copied into statistics dead letters)",
+    )
+    await dead_letters.send(key=topic.encode(), value=letter.to_bytes())
+    _count_stage(event, "late")
+
+
 def _count_stage(event: faust.EventT, outcome: str) -> None:
     msg = event.message
     key = f"{msg.topic}/{msg.partition}"
@@ -398,8 +415,8 @@ async def aggregate_locations(stream):
         if "purge" in body:
             location_windows.purge(p, set(body["purge"]))
             continue
-        if location_windows.add(p, body["ts"], body["cell"], body["m"]) == "late":
-            _count_stage(event, "late")
+        if location_windows.add(p, body["ts"], body["cell"], body["m"], source=body["src"][1]) == "late":
+            await _late_for_statistics(event, body)
             continue
         for window in location_windows.close(p):
             for row in _location_rows(window):
@@ -425,8 +442,8 @@ async def aggregate_connections(stream):
         if "purge" in body:
             connection_windows.purge(p, set(body["purge"]))
             continue
-        if connection_windows.add(p, body["ts"], SEP.join(body["g"]), body["m"]) == "late":
-            _count_stage(event, "late")
+        if connection_windows.add(p, body["ts"], SEP.join(body["g"]), body["m"], source=body["src"][1]) == "late":
+            await _late_for_statistics(event, body)
             continue
         for window in connection_windows.close(p):
             groups = {tuple(key.split(SEP)): members for key, members in window.members.items()}

@@ -15,14 +15,14 @@ SEP = "\x1f"
 class TableBackedWindows:
     """Per-partition WindowedDistinct objects whose content survives restarts via Faust tables."""
 
-    def __init__(self, members_table, published_table, size_s: float, lateness_s: float):
+    def __init__(self, members_table, published_table, size_s: float, lateness_s: float, sources: range):
         self.members = members_table  # "p|ws|key|member" -> 1
         self.published = published_table  # "p|ws" -> True
-        self.size_s, self.lateness_s = size_s, lateness_s
+        self.size_s, self.lateness_s, self.sources = size_s, lateness_s, sources
         self._by_partition: dict[int, WindowedDistinct] = {}
 
     def _restore(self, p: int) -> WindowedDistinct:
-        wd = WindowedDistinct(self.size_s, self.lateness_s)
+        wd = WindowedDistinct(self.size_s, self.lateness_s, sources=self.sources)
         prefix = f"{p}{SEP}"
         for k in list(self.members.keys()):
             if k.startswith(prefix):
@@ -38,12 +38,12 @@ class TableBackedWindows:
             wd = self._by_partition[p] = self._restore(p)
         return wd
 
-    def add(self, p: int, ts: float, key: str, member: str) -> str:
-        """Add member under key at ts; "ok" or "late"."""
+    def add(self, p: int, ts: float, key: str, member: str, source: int) -> str:
+        """Add member under key at ts, from upstream partition `source`; "ok" or "late"."""
         ws = window_start(ts, self.size_s)
         if self.published.get(f"{p}{SEP}{ws:.0f}"):
             return "late"
-        result = self.of(p).add(ts, key, member)
+        result = self.of(p).add(ts, key, member, source=source)
         if result == "ok":
             k = f"{p}{SEP}{ws:.0f}{SEP}{key}{SEP}{member}"
             if k not in self.members:

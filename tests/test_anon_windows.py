@@ -162,3 +162,15 @@ def test_closed_windows_never_change(events):
         for c in w.closed():
             assert c.start not in emitted and c.end + 120 <= w.watermark
             emitted[c.start] = c
+
+
+def test_watermark_waits_for_the_slowest_source():
+    """With sources, an item from a lagging upstream partition is not late."""
+    wd = WindowedDistinct(3600, 300, sources=[0, 1])
+    assert wd.add(10 * 3600 + 900, "cell", "m1", source=0) == "ok"
+    assert wd.add(3 * 3600, "cell", "m2", source=1) == "ok"  # source 1 lags far behind: still on time
+    assert wd.closed() == []
+    assert wd.add(10 * 3600 + 950, "cell", "m3", source=1) == "ok"
+    closed = wd.closed()
+    assert [c.start for c in closed] == [3 * 3600]
+    assert wd.add(3 * 3600 + 5, "cell", "m4", source=0) == "late"
