@@ -148,6 +148,10 @@ class WindowedDistinct:
                 del self._windows[start]
         return removed
 
+    def memberships_of(self, member: Hashable) -> int:
+        """Number of (window, key) memberships of member currently held (for audits)."""
+        return sum(member in members for window in self._windows.values() for members in window.values())
+
     def snapshot(self) -> dict[str, Any]:
         """Return the full state as plain JSON-able data."""
         return {
@@ -175,3 +179,9 @@ class WindowedDistinct:
                 _decode_key(key): set(members) for key, members in entries if members
             }
         return obj
+
+
+def recent_windows(now: float, size_s: float, back_s: float = 2 * 86400) -> list[float]:
+    """Starts of every window from `back_s` before now up to the one after now's (for purges, audits)."""
+    first = window_start(now - back_s, size_s)
+    return [first + i * size_s for i in range(int((now + size_s - first) // size_s) + 1)]

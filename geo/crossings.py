@@ -747,6 +747,13 @@ class CellDetector:
             out.append(Crossing(a, b, ts, place_of(mlat[k], mlon[k], self.params), bands[k]))
         return out
 
+    def pings_of(self, user_id: str) -> int:
+        """Number of live pings of a user held in state (for audits)."""
+        code = self._code.get(user_id)
+        if code is None:
+            return 0
+        return int(sum(int((s.data[_UID, : s.n] == code).sum()) for s in self._keys.values()))
+
     def purge_user(self, user_id: str) -> int:
         """Forget every ping of a user (erasure, consent withdrawal); returns how many were removed."""
         code = self._code.pop(user_id, None)
@@ -815,6 +822,10 @@ class PairCooldown:
         self._partners.setdefault(crossing.user_a, set()).add(crossing.user_b)
         self._partners.setdefault(crossing.user_b, set()).add(crossing.user_a)
         return True
+
+    def partners_of(self, user_id: str) -> frozenset[str]:
+        """Users this user has reported crossings with, still held in state (for audits)."""
+        return frozenset(self._partners.get(user_id, ()))
 
     def purge_user(self, user_id: str) -> list[str]:
         """Forget a user; returns the partners it had reported crossings with (sorted), for retraction."""

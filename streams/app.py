@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 import faust
 import h3
 import numpy as np
+from kafka.partitioner.default import murmur2
 
 from anonymizers.connection import group_key, reduce_connection, validate_group_by
 from anonymizers.consent import Consent, Purpose, allowed_purposes, withdrawn
 from anonymizers.dp import DPParams, publish_noisy_cells
 from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
 from anonymizers.pseudonym import Pseudonymizer
-from anonymizers.windows import window_start
+from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, erasure_tag, next_action, on_login
+from anonymizers.windows import recent_windows, window_start
 from geo.crossings import CellDetector, Crossing, CrossingParams, Fix, LateFix, PairCooldown, pair_key, route, split_pair_key
 from geo.zones import SensitiveZones
 from schemas.events import Limits, Reason, Rejection, decode
@@ -74,9 +77,17 @@ partner_statistics = _topic("partner-statistics")
 connection_statistics = _topic("connection-statistics")
 dead_letters = _topic("dead-letters")
 
+erasure_receipts = _topic("erasure-receipts")
+inactivity_notices = _topic("inactivity-notices")
+
 # Co-partitioned with the input topics (same key, same partition count).
 consent_table = app.Table("consent-state", default=None, partitions=P, key_type=str, value_type=dict)
 counter_table = app.Table("counters", default=None, partitions=P, key_type=str, value_type=dict)
+activity_table = app.Table("activity", default=None, partitions=P, key_type=str, value_type=dict)
+# Erased accounts by keyed hash (never the user id), so their later events are still dropped.
+erased_table = app.Table("erased", default=None, partitions=P, key_type=str, value_type=float)
+SECRET = pseudonym_secret(settings)
+INACTIVITY = InactivityParams(inactive_s=settings.inactivity_days * DAY_S, grace_s=settings.inactivity_grace_days * DAY_S)
 
 COUNTER_FIELDS = ("received", "accepted", "rejected", "dropped_consent")
 
@@ -103,6 +114,10 @@ async def _reject(event: faust.EventT, rejection: Rejection) -> None:
     _count(event, "rejected")
 
 
+def _is_erased(user_id: str) -> bool:
+    return erased_table.get(erasure_tag(SECRET, user_id)) is not None
+
+
 def _consent_of(user_id: str) -> Consent | None:
     raw = consent_table.get(user_id)
     return None if raw is None else Consent.from_dict(raw)
@@ -114,12 +129,20 @@ def _consent_of(user_id: str) -> Consent | None:
 
 @app.agent(consents)
 async def ingest_consents(stream):
-    """Validate consent records and keep each user's current consent in the table."""
+    """Validate consent records and keep each user's current consent in the table; erase on deletion."""
     async for event in stream.events():
         msg = event.message
+        if msg.value is None:
+            _count(event, "accepted")  # a tombstone (written after an erasure): compaction only
+            continue
         record = decode("consent", msg.value, LIMITS, key=msg.key)
         if isinstance(record, Rejection):
             await _reject(event, record)
+            continue
+        if _is_erased(record.user_id):
+            _count(event, "dropped_consent")
+            # Keep the compacted topic clean: a record sent after the erasure gets its own tombstone.
+            await consents.send(key=record.user_id.encode(), value=None)
             continue
         consent = Consent(
             user_id=record.user_id, updated_at=record.updated_at, geolocation=record.geolocation,
@@ -134,13 +157,11 @@ async def ingest_consents(stream):
                 f"({format_ts(previous.updated_at)}); send the user's current state",
             ))
             continue
-        if previous is not None and previous.deleted and not consent.deleted:
-            await _reject(event, Rejection(
-                Reason.BAD_VALUE, f"user_id={consent.user_id!r} was deleted; a deleted account cannot consent again",
-            ))
+        _count(event, "accepted")
+        if consent.deleted:
+            await _erase(consent.user_id, "account_deleted", consent.updated_at)
             continue
         consent_table[consent.user_id] = consent.to_dict()
-        _count(event, "accepted")
         await _apply_consent_change(previous, consent)
 
 
@@ -155,7 +176,7 @@ async def ingest_pings(stream):
             continue
         consent = _consent_of(ping.user_id)
         purposes = allowed_purposes(consent, ping.ts, settings.consent_max_age_months)
-        if Purpose.GEOLOCATION not in purposes:
+        if Purpose.GEOLOCATION not in purposes or _is_erased(ping.user_id):
             _count(event, "dropped_consent")
             continue
         _count(event, "accepted")
@@ -171,12 +192,17 @@ async def ingest_connection_logs(stream):
         if isinstance(log, Rejection):
             await _reject(event, log)
             continue
-        consent = _consent_of(log.user_id)
-        if consent is not None and consent.deleted:
+        if _is_erased(log.user_id):
             _count(event, "dropped_consent")
             continue
         _count(event, "accepted")
+        if log.event == "login":
+            previous = activity_table.get(log.user_id)
+            current = on_login(Activity.from_dict(previous) if previous else None, log.ts).to_dict()
+            if current != previous:
+                activity_table[log.user_id] = current
         await _forward_connection_log(event, log)
+        await _check_inactivity(event.message.partition, log.ts)
 
 
 # ---------------------------------------------------------------------------
@@ -193,7 +219,7 @@ KANON = KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
 GROUP_BY = validate_group_by(tuple(f.strip() for f in settings.connection_group_by.split(",") if f.strip()))
 DP = DPParams(epsilon=settings.dp_epsilon, max_cells_per_user=settings.dp_max_cells_per_user) \
     if settings.dp_epsilon else None
-PSEUDONYMS = Pseudonymizer(pseudonym_secret(settings), settings.pseudonym_rotation_s)
+PSEUDONYMS = Pseudonymizer(SECRET, settings.pseudonym_rotation_s)
 if settings.pseudonym_rotation_s % settings.stats_window_s:
     # A window spanning a rotation would count one person under two pseudonyms.
     raise ValueError(f"pseudonym_rotation_s={settings.pseudonym_rotation_s} must be a multiple of "
@@ -203,6 +229,7 @@ crossing_cells = _topic("crossing-cells", internal=True)
 crossing_pairs = _topic("crossing-pairs", internal=True)
 stats_cells = _topic("stats-cells", internal=True)
 stats_connections = _topic("stats-connections", internal=True)
+erasure_reports = _topic("erasure-reports", internal=True)
 
 pair_table = app.Table("pair-last", default=None, partitions=P, key_type=str, value_type=float)
 location_windows = TableBackedWindows(
@@ -263,29 +290,93 @@ async def _forward_connection_log(event: faust.EventT, log) -> None:
 async def _apply_consent_change(previous: Consent | None, current: Consent) -> None:
     """Purge downstream state and retract crossings for every purpose the new consent switches off."""
     gone = withdrawn(previous, current)
-    user, reason = current.user_id, ("account_deleted" if current.deleted else "consent_withdrawn")
-    if Purpose.CROSSINGS in gone:
-        purge = _json({"purge": user, "v": current.updated_at, "reason": reason})
+    await _purge_downstream(current.user_id, current.updated_at, "consent_withdrawn",
+                            crossings_=Purpose.CROSSINGS in gone, locations=Purpose.PARTNER_SHARING in gone,
+                            connections=False, report=False)
+
+
+async def _purge_downstream(user: str, at: float, reason: str, crossings_: bool, locations: bool,
+                            connections: bool, report: bool) -> int:
+    """Ask every partition of the chosen stages to forget `user`; returns how many purge requests went out."""
+    sent = 0
+    if crossings_:
+        purge = _json({"purge": user, "v": at, "reason": reason, "report": report})
         for p in _broadcast_partitions():
             await crossing_cells.send(key=b"purge", value=purge, partition=p)
             await crossing_pairs.send(key=b"purge", value=purge, partition=p)
+            sent += 2
         await crossings.send(key=user.encode(), value=CrossingRecord(
             type="retraction", user_id=user, reason=reason, emitted_at=format_ts(time.time())).to_bytes())
-    if current.deleted or Purpose.PARTNER_SHARING in gone:
-        now = max(time.time(), current.updated_at)
-        members = sorted({PSEUDONYMS.pseudonym(user, ws) for ws in _recent_windows(now)})
-        body = _json({"purge": members})
+    if locations or connections:
+        members = sorted({PSEUDONYMS.pseudonym(user, ws) for ws in _recent_windows(max(time.time(), at))})
+        body = _json({"purge": members, "user": user if report else None, "report": report})
         for p in _broadcast_partitions():
-            await stats_cells.send(key=b"purge", value=body, partition=p)
-            if current.deleted:
+            if locations:
+                await stats_cells.send(key=b"purge", value=body, partition=p)
+                sent += 1
+            if connections:
                 await stats_connections.send(key=b"purge", value=body, partition=p)
+                sent += 1
+    return sent
+
+
+async def _erase(user: str, reason: str, at: float) -> None:
+    """Erase every piece of state about a user, tombstone compacted topics, and start the receipt."""
+    purged = {"consent_state": 0, "activity": 0}
+    if consent_table.get(user) is not None:
+        consent_table.pop(user)  # a tombstone in the table's changelog
+        purged["consent_state"] = 1
+    if activity_table.get(user) is not None:
+        activity_table.pop(user)
+        purged["activity"] = 1
+    erased_table[erasure_tag(SECRET, user)] = at
+    await consents.send(key=user.encode(), value=None)  # tombstone: compaction drops the user's records
+    expect = await _purge_downstream(user, at, reason, crossings_=True, locations=True, connections=True,
+                                     report=True)
+    await erasure_reports.send(key=user.encode(), value=_json({
+        "user": user, "stage": "ingest", "removed": purged, "expect": expect, "reason": reason,
+        "requested_at": at}))
+
+
+async def _report_purge(user: str | None, stage: str, removed: int, body: dict) -> None:
+    """Tell the receipt builder what one stage partition removed for an erasure."""
+    if body.get("report") and user:
+        await erasure_reports.send(key=user.encode(), value=_json({"user": user, "stage": stage, "removed": removed}))
+
+
+def _partition_of(user: str) -> int:
+    """The input partition of a user's messages (Kafka's default murmur2 partitioner on the key)."""
+    return (murmur2(user.encode()) & 0x7FFFFFFF) % P
+
+
+event_clock: dict[int, float] = {}  # partition -> event time of the last inactivity scan
+INACTIVITY_SCAN_EVERY_S = 3600.0
+
+
+async def _check_inactivity(partition: int, ts: float) -> None:
+    """Scan this partition's users for inactivity once per hour of event time (notify, then erase)."""
+    now = max(ts, event_clock.get(-1, 0.0))
+    event_clock[-1] = now  # the worker's event-time clock: the latest connection-log time it saw
+    if now - event_clock.get(partition, -math.inf) < INACTIVITY_SCAN_EVERY_S:
+        return
+    event_clock[partition] = now
+    for user, raw in list(activity_table.items()):
+        if _partition_of(user) != partition:
+            continue  # another partition's user: written only while processing that partition
+        activity = Activity.from_dict(raw)
+        action = next_action(activity, now, INACTIVITY)
+        if action is Action.NOTIFY:
+            activity_table[user] = Activity(activity.last_login, notified_at=now).to_dict()
+            await inactivity_notices.send(key=user.encode(), value=_json({
+                "user_id": user, "last_login": format_ts(activity.last_login), "notified_at": format_ts(now),
+                "erase_after": format_ts(now + INACTIVITY.grace_s)}))
+        elif action is Action.ERASE:
+            await _erase(user, "inactivity", now)
 
 
 def _recent_windows(now: float) -> list[float]:
-    """Starts of every statistics window that may still be open at `now` (two days back, one ahead)."""
-    size = settings.stats_window_s
-    first = window_start(now - 2 * 86400, size)
-    return [first + i * size for i in range(int((now + size - first) // size) + 1)]
+    """Starts of every statistics window that may still be open at `now`."""
+    return recent_windows(now, settings.stats_window_s)
 
 
 # ---------------------------------------------------------------------------
@@ -306,8 +397,9 @@ async def detect(stream):
             detector = detectors[p] = CellDetector(CROSSING, ZONES, sources=range(P))
         versions = consent_versions.setdefault(p, {})
         if "purge" in body:
-            detector.purge_user(body["purge"])
+            removed = detector.purge_user(body["purge"])
             versions.pop(body["purge"], None)
+            await _report_purge(body["purge"], "detector_pings", removed, body)
             continue
         key = msg.key.decode()
         fix = Fix(body["u"], body["ts"], body["lat"], body["lon"], body["acc"])
@@ -381,14 +473,18 @@ async def report(stream):
         now = format_ts(time.time())
         if "purge" in body:
             user = body["purge"]
-            gone[user] = max(gone.get(user, 0.0), body["v"])
-            for other in cooldown.purge_user(user):
+            tag = erasure_tag(SECRET, user)  # keyed hash: no user id is kept in this guard
+            gone[tag] = max(gone.get(tag, 0.0), body["v"])
+            partners = cooldown.purge_user(user)
+            await _report_purge(user, "crossing_pairs", len(partners), body)
+            for other in partners:
                 pair_table.pop(f"{p}|{pair_key(user, other)}", None)
                 await crossings.send(key=other.encode(), value=CrossingRecord(
                     type="retraction", user_id=other, other_user_id=user, reason=body["reason"],
                     emitted_at=now).to_bytes())
             continue
-        if body["cva"] <= gone.get(body["a"], -1.0) or body["cvb"] <= gone.get(body["b"], -1.0):
+        if gone and (body["cva"] <= gone.get(erasure_tag(SECRET, body["a"]), -1.0)
+                     or body["cvb"] <= gone.get(erasure_tag(SECRET, body["b"]), -1.0)):
             continue  # computed from pings sent before a withdrawal that has already been applied
         crossing = Crossing(body["a"], body["b"], body["ts"], body["place"], body["band"])
         if not cooldown.offer(crossing):
@@ -413,7 +509,8 @@ async def aggregate_locations(stream):
         p = msg.partition
         body = json.loads(msg.value)
         if "purge" in body:
-            location_windows.purge(p, set(body["purge"]))
+            removed = location_windows.purge(p, set(body["purge"]))
+            await _report_purge(body.get("user"), "location_memberships", removed, body)
             continue
         if location_windows.add(p, body["ts"], body["cell"], body["m"], source=body["src"][1]) == "late":
             await _late_for_statistics(event, body)
@@ -440,7 +537,8 @@ async def aggregate_connections(stream):
         p = msg.partition
         body = json.loads(msg.value)
         if "purge" in body:
-            connection_windows.purge(p, set(body["purge"]))
+            removed = connection_windows.purge(p, set(body["purge"]))
+            await _report_purge(body.get("user"), "connection_memberships", removed, body)
             continue
         if connection_windows.add(p, body["ts"], SEP.join(body["g"]), body["m"], source=body["src"][1]) == "late":
             await _late_for_statistics(event, body)
@@ -452,6 +550,54 @@ async def aggregate_connections(stream):
                                                  value=ConnectionStat(
                     window_start=format_ts(window.start), window_end=format_ts(window.end), group_by=list(GROUP_BY),
                     group=list(row.group), users=row.users, k=KANON.k).to_bytes())
+
+# ---------------------------------------------------------------------------
+# Erasure receipts: one per erased user, once every stage partition has reported
+
+pending_receipts: dict[str, dict] = {}
+
+
+@app.agent(erasure_reports)
+async def build_receipts(stream):
+    """Collect what each stage removed for an erasure and publish one receipt when all have answered."""
+    async for event in stream.events():
+        body = json.loads(event.message.value)
+        user = body["user"]
+        receipt = pending_receipts.setdefault(user, {"purged": {}, "reports": 0, "expect": None})
+        if body["stage"] == "ingest":
+            receipt.update(expect=body["expect"], reason=body["reason"], requested_at=body["requested_at"])
+            for name, n in body["removed"].items():
+                receipt["purged"][name] = receipt["purged"].get(name, 0) + n
+        else:
+            receipt["reports"] += 1
+            receipt["purged"][body["stage"]] = receipt["purged"].get(body["stage"], 0) + body["removed"]
+        if receipt["expect"] is not None and receipt["reports"] >= receipt["expect"]:
+            del pending_receipts[user]
+            await erasure_receipts.send(key=user.encode(), value=_json({
+                "user_id": user, "reason": receipt["reason"], "requested_at": format_ts(receipt["requested_at"]),
+                "completed_at": format_ts(time.time()), "purged": receipt["purged"],
+                "tombstones": [settings.topic("consents"), f"{settings.app_id}-consent-state-changelog",
+                               f"{settings.app_id}-activity-changelog", f"{settings.app_id}-pair-last-changelog",
+                               f"{settings.app_id}-location-members-changelog",
+                               f"{settings.app_id}-connection-members-changelog"],
+                "retraction_sent": True}))
+
+
+@app.page("/audit/")
+async def audit_view(web, request):
+    """What this worker holds in memory about one user (?user=ID): for `crosspaths audit user`."""
+    user = request.query.get("user", "")
+    members = {PSEUDONYMS.pseudonym(user, ws) for ws in _recent_windows(time.time())} if user else set()
+    found = {
+        "detector_pings": sum(d.pings_of(user) for d in detectors.values()),
+        "consent_versions": sum(user in v for v in consent_versions.values()),
+        "crossing_pairs": sum(len(c.partners_of(user)) for c in cooldowns.values()),
+        "pending_receipts": int(user in pending_receipts),
+        "location_memberships": location_windows.memberships_of(members),
+        "connection_memberships": connection_windows.memberships_of(members),
+    }
+    return web.json({"user": user, "found": {k: v for k, v in found.items() if v}})
+
 
 # ---------------------------------------------------------------------------
 # Web endpoints

@@ -277,6 +277,25 @@ def crossings_detect(input_path: Path, output: Path, distance_m: float | None, w
     click.echo(f"wrote {n} crossings to {output} in {time.perf_counter() - started:.1f} s")
 
 
+# --------------------------------------------------------------------------- audit
+@main.group()
+def audit() -> None:
+    """Answer access and erasure requests."""
+
+
+@audit.command("user")
+@click.argument("user_id")
+@click.option("--worker", "workers", multiple=True, help="A worker's web URL (e.g. http://127.0.0.1:6066), "
+              "to also check its memory; repeat for each worker.")
+def audit_user_cmd(user_id: str, workers: tuple[str, ...]) -> None:
+    """Find every trace of USER_ID in topics, table changelogs and workers; exit 0 when state holds none."""
+    from streams.audit import audit_user, format_report
+
+    report = audit_user(_settings(), user_id, workers)
+    click.echo(format_report(report))
+    sys.exit(0 if report.clean else 1)
+
+
 # --------------------------------------------------------------------------- schemas
 @main.group()
 def schemas() -> None:

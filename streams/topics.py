@@ -48,7 +48,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec("crossing-cells", "spatial cell", raw, internal=True),
         TopicSpec("crossing-pairs", "user pair", raw, internal=True),
         TopicSpec("stats-cells", "coarse H3 cell", raw, internal=True),
-        TopicSpec("stats-connections", "window", raw, internal=True),
+        TopicSpec("stats-connections", "constant (one window holds every group)", raw, internal=True),
+        TopicSpec("erasure-reports", "user_id", 7 * DAY_MS, internal=True),
     ]
 
 

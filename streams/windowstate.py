@@ -71,3 +71,7 @@ class TableBackedWindows:
         for k in [k for k in self.members.keys() if k.startswith(prefix) and k.rsplit(SEP, 1)[1] in members]:
             self.members.pop(k, None)
         return removed
+
+    def memberships_of(self, members: set[str]) -> int:
+        """How many (window, key) memberships these members hold in memory (for audits)."""
+        return sum(wd.memberships_of(m) for wd in self._by_partition.values() for m in members)

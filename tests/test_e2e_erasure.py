@@ -1,0 +1,140 @@
+"""End to end on the real broker: account deletion purges everything; inactivity notice then erasure."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from kafka.partitioner.default import murmur2
+
+from schemas.timefmt import format_ts
+from streams.audit import audit_user
+from streams.report import read_counters
+from tests.e2e_helpers import consume_all, producer, running_workers, send_json, wait_received
+
+pytestmark = pytest.mark.e2e
+
+UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Version/17.5 Mobile/15E148 Safari/604.1"
+
+
+def _wait(fetch, predicate, timeout_s=90):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fetch()
+        if predicate(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(1)
+
+
+def _docs(s, topic):
+    return [(r.key.decode(), json.loads(r.value)) for r in consume_all(s, topic) if r.value is not None]
+
+
+def test_account_deletion_erases_every_trace(pipeline_settings):
+    s = pipeline_settings
+    now = time.time()
+    t0 = now - 1800
+    with running_workers(s, count=1) as workers:
+        url = f"http://127.0.0.1:{workers[0].args[-1]}"
+        prod = producer(s)
+        for u in ("alice", "bob"):
+            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 3600),
+                                                      "partner_sharing": True})
+        prod.flush()
+        wait_received(s, {"consents": 2})
+        for i in range(5):
+            for j, u in enumerate(("alice", "bob")):
+                send_json(prod, s.topic("geo-pings"), u, {"user_id": u, "ts": int((t0 + 60 * i + j) * 1000),
+                                                          "lat": 48.8566 + j * 1e-4, "lon": 2.3522, "accuracy_m": 5})
+            send_json(prod, s.topic("connection-logs"), "alice", {
+                "user_id": "alice", "ts": int((t0 + 60 * i) * 1000), "ip": "198.51.100.23", "user_agent": UA,
+                "event": "login"})
+        prod.flush()
+        crossings = _wait(lambda: _docs(s, "crossings"), lambda d: any(v["type"] == "crossing" for _, v in d))
+        assert any(k == "bob" and v.get("other_user_id") == "alice" for k, v in crossings)
+        before = audit_user(s, "alice", (url,))
+        assert not before.clean, "the user is in state before the deletion"
+
+        send_json(prod, s.topic("consents"), "alice", {"user_id": "alice", "updated_at": format_ts(time.time()),
+                                                       "deleted": True})
+        prod.flush()
+        receipts = _wait(lambda: _docs(s, "erasure-receipts"), lambda d: bool(d))
+        assert [k for k, _ in receipts] == ["alice"]
+        purged = receipts[0][1]["purged"]
+        assert purged["consent_state"] == 1 and purged["activity"] == 1
+        assert purged["detector_pings"] >= 5 and purged["crossing_pairs"] == 1
+        assert purged["location_memberships"] >= 1 and purged["connection_memberships"] >= 1
+        assert receipts[0][1]["reason"] == "account_deleted"
+
+        # The other party was told to stop showing alice; alice's own view is retracted too.
+        retractions = [(k, v) for k, v in _docs(s, "crossings") if v["type"] == "retraction"]
+        assert ("bob", "alice") in [(k, v.get("other_user_id")) for k, v in retractions]
+        assert any(k == "alice" and v.get("other_user_id") is None for k, v in retractions)
+
+        # Later events of the deleted user are dropped and counted.
+        dropped_before = read_counters(s).topics["geo-pings"].dropped_consent
+        send_json(prod, s.topic("geo-pings"), "alice", {"user_id": "alice", "ts": int(time.time() * 1000),
+                                                        "lat": 48.8566, "lon": 2.3522})
+        send_json(prod, s.topic("connection-logs"), "alice", {"user_id": "alice", "ts": int(time.time() * 1000),
+                                                              "ip": "198.51.100.23", "user_agent": UA})
+        send_json(prod, s.topic("consents"), "alice", {"user_id": "alice", "updated_at": format_ts(time.time()),
+                                                       "crossings": True})
+        prod.flush()
+        # consents: 2 + the deletion + its tombstone + the late record + the tombstone that erases it again
+        wait_received(s, {"geo-pings": 11, "connection-logs": 6, "consents": 6})
+        counters = read_counters(s)
+        assert counters.topics["geo-pings"].dropped_consent == dropped_before + 1
+        assert counters.topics["connection-logs"].dropped_consent == 1
+        assert counters.topics["consents"].dropped_consent == 1
+
+        time.sleep(2)
+        after = audit_user(s, "alice", (url,))
+        assert after.clean, after.state
+        assert any("erasure receipts" in line for line in after.expected)
+
+
+def _partition(user: str, partitions: int) -> int:
+    return (murmur2(user.encode()) & 0x7FFFFFFF) % partitions
+
+
+def test_inactivity_notice_then_erasure_with_a_controlled_clock(pipeline_settings):
+    """Event time is the clock: logins three years apart trigger the notice, then the erasure."""
+    s = pipeline_settings
+    now = time.time()
+    day = 86400
+    # Users whose messages land in every input partition, so every partition's clock moves.
+    movers = []
+    i = 0
+    while len({_partition(u, s.partitions) for u in movers}) < s.partitions:
+        movers.append(f"mover{i}")
+        i += 1
+
+    def login(prod, user, ts, event="login"):
+        send_json(prod, s.topic("connection-logs"), user, {"user_id": user, "ts": int(ts * 1000),
+                                                            "ip": "192.0.2.1", "user_agent": UA, "event": event})
+
+    with running_workers(s, count=1):
+        prod = producer(s)
+        login(prod, "sleepy", now - (3 * 365 + 60) * day)
+        login(prod, "back", now - (3 * 365 + 60) * day)
+        prod.flush()
+        wait_received(s, {"connection-logs": 2})
+        for u in movers:  # the clock reaches now - 40 days: both are 3 years + 20 days inactive
+            login(prod, u, now - 40 * day, event="app_open")
+        prod.flush()
+        wait_received(s, {"connection-logs": 2 + len(movers)})
+        notices = _wait(lambda: _docs(s, "inactivity-notices"), lambda d: len(d) >= 2)
+        assert sorted(k for k, _ in notices) == ["back", "sleepy"]
+        assert _docs(s, "erasure-receipts") == []
+
+        login(prod, "back", now - 35 * day)  # "back" logs in again within the grace period
+        prod.flush()
+        wait_received(s, {"connection-logs": 3 + len(movers)})
+        for u in movers:  # the clock passes notice + 30 days of grace
+            login(prod, u, now, event="app_open")
+        prod.flush()
+        receipts = _wait(lambda: _docs(s, "erasure-receipts"), lambda d: bool(d))
+        time.sleep(3)
+        receipts = _docs(s, "erasure-receipts")
+    assert [(k, v["reason"]) for k, v in receipts] == [("sleepy", "inactivity")]
+    assert receipts[0][1]["purged"]["activity"] == 1
