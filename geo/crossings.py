@@ -840,6 +840,19 @@ class PairCooldown:
                     del self._partners[other]
         return partners
 
+    def expire(self, before: float) -> int:
+        """Forget pairs last reported before `before` (their next crossing is reported); returns how many."""
+        old = [pair for pair, t in self._last.items() if t < before]
+        for a, b in old:
+            del self._last[(a, b)]
+            for u, v in ((a, b), (b, a)):
+                partners = self._partners.get(u)
+                if partners is not None:
+                    partners.discard(v)
+                    if not partners:
+                        del self._partners[u]
+        return len(old)
+
     def snapshot(self) -> dict:
         """JSON-ready state."""
         return {"last": [[a, b, t] for (a, b), t in sorted(self._last.items())]}

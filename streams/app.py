@@ -245,6 +245,7 @@ connection_windows = TableBackedWindows(
 detectors: dict[int, CellDetector] = {}
 consent_versions: dict[int, dict[str, float]] = {}
 cooldowns: dict[int, PairCooldown] = {}
+local_cooldowns: dict[int, PairCooldown] = {}
 revoked: dict[int, dict[str, float]] = {}
 CONNECTIONS_KEY = b"connections"  # one window holds every group, so the "other" row is exact
 
@@ -396,7 +397,11 @@ async def detect(stream):
             # Every geo-pings partition feeds every cell partition: the watermark waits for the slowest.
             detector = detectors[p] = CellDetector(CROSSING, ZONES, sources=range(P))
         versions = consent_versions.setdefault(p, {})
+        # The same cooldown rule, applied before repartitioning, keeps the pair topic small; the pair
+        # stage still decides (a pair seen in several cells), and the set of pairs is unchanged.
+        local = local_cooldowns.setdefault(p, PairCooldown(CROSSING))
         if "purge" in body:
+            local.purge_user(body["purge"])
             removed = detector.purge_user(body["purge"])
             versions.pop(body["purge"], None)
             await _report_purge(body["purge"], "detector_pings", removed, body)
@@ -412,12 +417,15 @@ async def detect(stream):
                                          f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
             continue
         for c in result:
+            if not local.offer(c):
+                continue
             await crossing_pairs.send(key=c.pair_key.encode(), value=_json({
                 "a": c.user_a, "b": c.user_b, "ts": c.ts, "place": c.place, "band": c.distance_band,
                 "cva": versions.get(c.user_a, 0.0), "cvb": versions.get(c.user_b, 0.0)}))
         seen += 1
         if seen % 5000 == 0:
             detector.evict()
+            local.expire(detector.watermark - CROSSING.cooldown_s)
 
 
 async def _late(event: faust.EventT, body: dict, message: str) -> None:

@@ -511,3 +511,15 @@ def test_watermark_waits_for_the_slowest_source():
     # Once every source has moved on, old fixes are late again.
     det.add(Fix("c", 10_100.0, 48.85, 2.35), key, key, source=1)
     assert isinstance(det.add(Fix("d", 9_500.0, 48.85, 2.35), key, key, source=0), LateFix)
+
+
+def test_pair_cooldown_expire_forgets_old_pairs_only():
+    from geo.crossings import Crossing, CrossingParams, PairCooldown
+
+    cd = PairCooldown(CrossingParams(cooldown_s=100))
+    assert cd.offer(Crossing("a", "b", 10.0, "x", "<50m"))
+    assert cd.offer(Crossing("a", "c", 500.0, "x", "<50m"))
+    assert cd.expire(400.0) == 1
+    assert cd.partners_of("a") == {"c"} and cd.partners_of("b") == frozenset()
+    assert cd.offer(Crossing("a", "b", 60.0, "x", "<50m"))  # forgotten: reported again
+    assert not cd.offer(Crossing("a", "c", 550.0, "x", "<50m"))  # kept: still cooling down
