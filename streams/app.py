@@ -81,11 +81,11 @@ erasure_receipts = _topic("erasure-receipts")
 inactivity_notices = _topic("inactivity-notices")
 
 # Co-partitioned with the input topics (same key, same partition count).
-consent_table = app.Table("consent-state", default=None, partitions=P, key_type=str, value_type=dict)
-counter_table = app.Table("counters", default=None, partitions=P, key_type=str, value_type=dict)
-activity_table = app.Table("activity", default=None, partitions=P, key_type=str, value_type=dict)
+consent_table = app.Table("consent-state", default=None, partitions=P, key_type=str)
+counter_table = app.Table("counters", default=None, partitions=P, key_type=str)
+activity_table = app.Table("activity", default=None, partitions=P, key_type=str)
 # Erased accounts by keyed hash (never the user id), so their later events are still dropped.
-erased_table = app.Table("erased", default=None, partitions=P, key_type=str, value_type=float)
+erased_table = app.Table("erased", default=None, partitions=P, key_type=str)
 SECRET = pseudonym_secret(settings)
 INACTIVITY = InactivityParams(inactive_s=settings.inactivity_days * DAY_S, grace_s=settings.inactivity_grace_days * DAY_S)
 
@@ -231,14 +231,14 @@ stats_cells = _topic("stats-cells", internal=True)
 stats_connections = _topic("stats-connections", internal=True)
 erasure_reports = _topic("erasure-reports", internal=True)
 
-pair_table = app.Table("pair-last", default=None, partitions=P, key_type=str, value_type=float)
+pair_table = app.Table("pair-last", default=None, partitions=P, key_type=str)
 location_windows = TableBackedWindows(
-    app.Table("location-members", default=None, partitions=P, key_type=str, value_type=int),
-    app.Table("location-published", default=None, partitions=P, key_type=str, value_type=bool),
+    app.Table("location-members", default=None, partitions=P, key_type=str),
+    app.Table("location-published", default=None, partitions=P, key_type=str),
     settings.stats_window_s, settings.stats_lateness_s, sources=range(P))
 connection_windows = TableBackedWindows(
-    app.Table("connection-members", default=None, partitions=P, key_type=str, value_type=int),
-    app.Table("connection-published", default=None, partitions=P, key_type=str, value_type=bool),
+    app.Table("connection-members", default=None, partitions=P, key_type=str),
+    app.Table("connection-published", default=None, partitions=P, key_type=str),
     settings.stats_window_s, settings.stats_lateness_s, sources=range(P))
 
 # In-memory state: the detector holds at most window + lateness of pings, rebuilt as pings arrive.
