@@ -509,55 +509,54 @@ async def report(stream):
 # Statistics: distinct users per window, k-anonymized when the window closes
 
 
+async def _run_windows(stream, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
+    """Feed a statistics stream into its windows; purge on request, dead-letter late events, publish closed windows."""
+    async for event in stream.events():
+        msg = event.message
+        body = json.loads(msg.value)
+        if "purge" in body:
+            removed = windows.purge(msg.partition, set(body["purge"]))
+            await _report_purge(body.get("user"), stage, removed, body)
+            continue
+        if windows.add(msg.partition, body["ts"], key_of(body), body["m"], source=body["src"][1]) == "late":
+            await _late_for_statistics(event, body)
+            continue
+        for window in windows.close(msg.partition):
+            await publish(window)
+
+
 @app.agent(stats_cells)
 async def aggregate_locations(stream):
     """Count distinct partner-sharing users per H3 cell and window; publish k-anonymized cells."""
-    async for event in stream.events():
-        msg = event.message
-        p = msg.partition
-        body = json.loads(msg.value)
-        if "purge" in body:
-            removed = location_windows.purge(p, set(body["purge"]))
-            await _report_purge(body.get("user"), "location_memberships", removed, body)
-            continue
-        if location_windows.add(p, body["ts"], body["cell"], body["m"], source=body["src"][1]) == "late":
-            await _late_for_statistics(event, body)
-            continue
-        for window in location_windows.close(p):
-            for row in _location_rows(window):
-                await partner_statistics.send(key=f"{format_ts(window.start)}|{row.cell}".encode(), value=LocationStat(
-                    window_start=format_ts(window.start), window_end=format_ts(window.end), cell=row.cell,
-                    resolution=row.resolution, users=row.users, k=KANON.k, noisy=DP is not None).to_bytes())
+    await _run_windows(stream, location_windows, "location_memberships", lambda b: b["cell"], _publish_locations)
 
 
-def _location_rows(window) -> list:
+async def _publish_locations(window) -> None:
     if DP is None:
-        return generalize_cells(window.members, KANON)
-    rng = np.random.default_rng()
-    return publish_noisy_cells(window.members, DP, KANON.k, rng)
+        rows = generalize_cells(window.members, KANON)
+    else:
+        rows = publish_noisy_cells(window.members, DP, KANON.k, np.random.default_rng())
+    for row in rows:
+        await partner_statistics.send(key=f"{format_ts(window.start)}|{row.cell}".encode(), value=LocationStat(
+            window_start=format_ts(window.start), window_end=format_ts(window.end), cell=row.cell,
+            resolution=row.resolution, users=row.users, k=KANON.k, noisy=DP is not None).to_bytes())
 
 
 @app.agent(stats_connections)
 async def aggregate_connections(stream):
     """Count distinct users per technical-data group and window; publish groups with >= k users."""
-    async for event in stream.events():
-        msg = event.message
-        p = msg.partition
-        body = json.loads(msg.value)
-        if "purge" in body:
-            removed = connection_windows.purge(p, set(body["purge"]))
-            await _report_purge(body.get("user"), "connection_memberships", removed, body)
-            continue
-        if connection_windows.add(p, body["ts"], SEP.join(body["g"]), body["m"], source=body["src"][1]) == "late":
-            await _late_for_statistics(event, body)
-            continue
-        for window in connection_windows.close(p):
-            groups = {tuple(key.split(SEP)): members for key, members in window.members.items()}
-            for row in publish_groups(groups, KANON.k):
-                await connection_statistics.send(key=f"{format_ts(window.start)}|{SEP.join(row.group)}".encode(),
-                                                 value=ConnectionStat(
-                    window_start=format_ts(window.start), window_end=format_ts(window.end), group_by=list(GROUP_BY),
-                    group=list(row.group), users=row.users, k=KANON.k).to_bytes())
+    await _run_windows(stream, connection_windows, "connection_memberships", lambda b: SEP.join(b["g"]),
+                       _publish_connections)
+
+
+async def _publish_connections(window) -> None:
+    groups = {tuple(key.split(SEP)): members for key, members in window.members.items()}
+    for row in publish_groups(groups, KANON.k):
+        await connection_statistics.send(key=f"{format_ts(window.start)}|{SEP.join(row.group)}".encode(),
+                                         value=ConnectionStat(
+            window_start=format_ts(window.start), window_end=format_ts(window.end), group_by=list(GROUP_BY),
+            group=list(row.group), users=row.users, k=KANON.k).to_bytes())
+
 
 # ---------------------------------------------------------------------------
 # Erasure receipts: one per erased user, once every stage partition has reported
