@@ -15,7 +15,11 @@ stamp=.venv/.crosspaths-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "Installing Crosspaths and its dependencies into .venv ..." >&2
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -e ".[test]"; } \
+      > .venv/pip-install.log 2>&1; then
+    tail -40 .venv/pip-install.log >&2
+    echo "pip install failed; full log in .venv/pip-install.log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi

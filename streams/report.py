@@ -32,6 +32,7 @@ class Counters:
     """Ingest counters per input topic."""
 
     topics: dict[str, TopicCounters] = field(default_factory=dict)
+    late: dict[str, int] = field(default_factory=dict)  # internal stage topic -> events past the lateness
 
     def total_received(self) -> int:
         return sum(c.received for c in self.topics.values())
@@ -47,9 +48,11 @@ def read_counters(settings: Settings) -> Counters:
             continue
         topic = json.loads(key).rsplit("/", 1)[0]
         name = topic[len(prefix):] if topic.startswith(prefix) else topic
-        if name not in out.topics:
-            continue
         counts = json.loads(value)
+        if name not in out.topics:
+            if counts.get("late"):
+                out.late[name] = out.late.get(name, 0) + int(counts["late"])
+            continue
         for f in FIELDS:
             setattr(out.topics[name], f, getattr(out.topics[name], f) + int(counts.get(f, 0)))
     return out
@@ -61,6 +64,10 @@ def format_counters(counters: Counters) -> str:
     for name, c in counters.topics.items():
         lines.append(f"{name:<18}{c.received:>10}{c.accepted:>10}{c.rejected:>10}{c.dropped_consent:>10}  "
                      f"{'yes' if c.reconciles else 'NO'}")
+    stages = {"crossing-cells": "crossings", "stats-cells": "partner statistics",
+              "stats-connections": "connection statistics"}
+    for name, n in sorted(counters.late.items()):
+        lines.append(f"accepted but too late for {stages.get(name, name)}: {n} (dead-lettered as late_event)")
     return "\n".join(lines)
 
 
