@@ -92,14 +92,44 @@ INACTIVITY = InactivityParams(inactive_s=settings.inactivity_days * DAY_S, grace
 COUNTER_FIELDS = ("received", "accepted", "rejected", "dropped_consent")
 
 
+# Counters are kept in memory and written to the changelogged table twice a second, per input
+# partition: a table write per message would double the Kafka sends of the ingest path.
+pending_counts: dict[tuple[str, int], dict] = {}
+dirty_counts: set[tuple[str, int]] = set()
+
+
 def _count(event: faust.EventT, outcome: str) -> None:
     """Count one received message of the current event's topic-partition by outcome."""
     msg = event.message
-    key = f"{msg.topic}/{msg.partition}"
-    current = dict(counter_table.get(key) or {f: 0 for f in COUNTER_FIELDS})
+    slot = (msg.topic, msg.partition)
+    current = pending_counts.get(slot)
+    if current is None:
+        restored = counter_table.get(f"{msg.topic}/{msg.partition}")
+        current = pending_counts[slot] = dict(restored or {f: 0 for f in COUNTER_FIELDS})
     current["received"] += 1
     current[outcome] = current.get(outcome, 0) + 1
-    counter_table[key] = current
+    dirty_counts.add(slot)
+
+
+@app.timer(0.5)
+async def flush_counters() -> None:
+    """Write changed counters to the table (and its changelog) at their input partition."""
+    _flush_counts()
+
+
+def _flush_counts() -> None:
+    for topic, partition in list(dirty_counts):
+        key, value = f"{topic}/{partition}", dict(pending_counts[(topic, partition)])
+        counter_table.data[key] = value
+        counter_table.send_changelog(partition, key, value)
+    dirty_counts.clear()
+
+
+@app.on_partitions_revoked.connect
+async def forget_counts(app, revoked, **kwargs) -> None:
+    """Flush, then forget in-memory counters: a partition may come back with counts made elsewhere."""
+    _flush_counts()
+    pending_counts.clear()
 
 
 async def _reject(event: faust.EventT, rejection: Rejection) -> None:
