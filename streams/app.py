@@ -280,10 +280,6 @@ revoked: dict[int, dict[str, float]] = {}
 CONNECTIONS_KEY = b"connections"  # one window holds every group, so the "other" row is exact
 
 
-def _broadcast_partitions() -> range:
-    return range(P)
-
-
 async def _forward_ping(event: faust.EventT, ping, consent: Consent | None, purposes: frozenset[Purpose]) -> None:
     """Send an accepted ping to the crossing and partner-statistics stages its consent allows."""
     if Purpose.CROSSINGS in purposes:
@@ -332,7 +328,7 @@ async def _purge_downstream(user: str, at: float, reason: str, crossings_: bool,
     sent = 0
     if crossings_:
         purge = _json({"purge": user, "v": at, "reason": reason, "report": report})
-        for p in _broadcast_partitions():
+        for p in range(P):
             await crossing_cells.send(key=b"purge", value=purge, partition=p)
             await crossing_pairs.send(key=b"purge", value=purge, partition=p)
             sent += 2
@@ -341,7 +337,7 @@ async def _purge_downstream(user: str, at: float, reason: str, crossings_: bool,
     if locations or connections:
         members = sorted({PSEUDONYMS.pseudonym(user, ws) for ws in _recent_windows(max(time.time(), at))})
         body = _json({"purge": members, "user": user if report else None, "report": report})
-        for p in _broadcast_partitions():
+        for p in range(P):
             if locations:
                 await stats_cells.send(key=b"purge", value=body, partition=p)
                 sent += 1

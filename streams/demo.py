@@ -82,9 +82,7 @@ def run_demo(settings: Settings, users: int, hours: float, seed: int, timeout_s:
     settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}demo-{run}.",
                                            "app_id": f"{settings.app_id}-demo-{run}"})
     print(f"Run {run}: topics prefixed '{settings.topic_prefix}', app id '{settings.app_id}'")
-    for line in create_topics(settings):
-        pass
-    print(f"Created {len(list(create_topics(settings)))} topics")
+    print(f"Created {len(create_topics(settings))} topics")
     log = Path(settings.home) / "logs" / f"worker-{run}.log"
     proc = start_worker(settings, settings.web_port, log)
     print(f"Worker running (pid {proc.pid}, web http://127.0.0.1:{settings.web_port}/counters/, log {log})")

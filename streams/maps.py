@@ -1,6 +1,7 @@
 """Pictures for analysts: a heatmap of one window's published H3 cells (no basemap needed)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import h3
@@ -12,7 +13,7 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
 
-def render_cells(frame, output: Path, title: str, zones=None) -> Path:
+def render_cells(frame, output: Path, title: str) -> Path:
     """Draw the cells of `frame` (columns cell, users, resolution) coloured by distinct users, as a PNG."""
     polys = [[(lng, lat) for lat, lng in h3.cell_to_boundary(c)] for c in frame["cell"]]
     fig, ax = plt.subplots(figsize=(9, 8), dpi=110)
@@ -22,8 +23,6 @@ def render_cells(frame, output: Path, title: str, zones=None) -> Path:
     ax.add_collection(coll)
     ax.autoscale_view()
     lat_mid = sum(ax.get_ylim()) / 2
-    import math
-
     ax.set_aspect(1 / math.cos(math.radians(lat_mid)))
     ax.set_xlabel("longitude (°)")
     ax.set_ylabel("latitude (°)")
@@ -33,11 +32,6 @@ def render_cells(frame, output: Path, title: str, zones=None) -> Path:
     legend = ", ".join(f"res {r}: {n} cells" for r, n in res_counts.items())
     ax.set_title(f"{title}\n{legend}; k = {int(frame['k'].iloc[0])}, suppressed cells not shown", fontsize=10)
     fig.colorbar(coll, ax=ax, shrink=0.8, label="distinct users (published, ≥ k)")
-    if zones is not None and zones:
-        for geom in getattr(zones, "geometries", []):
-            xs, ys = geom.exterior.xy if hasattr(geom, "exterior") else (None, None)
-            if xs is not None:
-                ax.fill(xs, ys, facecolor="none", edgecolor="#1f77b4", hatch="///", linewidth=0.8)
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)

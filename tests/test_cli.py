@@ -39,3 +39,15 @@ def test_topics_list_shows_retention_and_policy():
     result = CliRunner().invoke(main, ["topics", "list"])
     assert result.exit_code == 0
     assert "consents" in result.output and "compact" in result.output and "geo-pings" in result.output
+
+
+def test_map_renders_a_png_of_published_cells(tmp_path):
+    import h3
+
+    from streams.maps import render_cells
+
+    cells = [h3.latlng_to_cell(48.8566, 2.3522, 7)] + list(h3.cell_to_children(h3.latlng_to_cell(48.9, 2.3, 6), 7))[:3]
+    frame = pd.DataFrame({"cell": cells, "users": [12, 40, 15, 99], "resolution": [7] * 4, "k": [10] * 4})
+    out = render_cells(frame, tmp_path / "map.png", "test window")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
