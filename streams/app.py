@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+import zlib
 
 import faust
 import h3
@@ -198,19 +199,22 @@ async def ingest_consents(stream):
 @app.agent(geo_pings)
 async def ingest_pings(stream):
     """Validate pings and drop those without geolocation consent, before any other state."""
-    async for event in stream.events():
-        msg = event.message
-        ping = decode("ping", msg.value, LIMITS, key=msg.key)
-        if isinstance(ping, Rejection):
-            await _reject(event, ping)
-            continue
-        consent = _consent_of(ping.user_id)
-        purposes = allowed_purposes(consent, ping.ts, settings.consent_max_age_months)
-        if Purpose.GEOLOCATION not in purposes or _is_erased(ping.user_id):
-            _count(event, "dropped_consent")
-            continue
-        _count(event, "accepted")
-        await _forward_ping(event, ping, consent, purposes)
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        out = Outbox()
+        for event in events:
+            msg = event.message
+            ping = decode("ping", msg.value, LIMITS, key=msg.key)
+            if isinstance(ping, Rejection):
+                await _reject(event, ping)
+                continue
+            consent = _consent_of(ping.user_id)
+            purposes = allowed_purposes(consent, ping.ts, settings.consent_max_age_months)
+            if Purpose.GEOLOCATION not in purposes or _is_erased(ping.user_id):
+                _count(event, "dropped_consent")
+                continue
+            _count(event, "accepted")
+            _forward_ping(event, ping, consent, purposes, out)
+        await out.flush()
 
 
 @app.agent(connection_logs)
@@ -280,8 +284,33 @@ revoked: dict[int, dict[str, float]] = {}
 CONNECTIONS_KEY = b"connections"  # one window holds every group, so the "other" row is exact
 
 
-async def _forward_ping(event: faust.EventT, ping, consent: Consent | None, purposes: frozenset[Purpose]) -> None:
-    """Send an accepted ping to the crossing and partner-statistics stages its consent allows."""
+BATCH_MAX, BATCH_WITHIN_S = 500, 0.05
+
+
+class Outbox:
+    """Internal records of one batch, sent as one Kafka message per destination topic-partition.
+
+    One send per record would dominate the worker's time; the receiving stage unpacks the list in
+    order. A record's partition is a stable hash of its key, so a key always meets the same stage state.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[faust.TopicT, int], list] = {}
+
+    def add(self, topic: faust.TopicT, key: str, body: dict) -> None:
+        """Queue one record for `topic`, placed by its key."""
+        self.items.setdefault((topic, zlib.crc32(key.encode()) % P), []).append([key, body])
+
+    async def flush(self) -> None:
+        """Send every queued record, one message per topic-partition."""
+        for (topic, partition), items in self.items.items():
+            await topic.send(key=b"batch", value=_json(items), partition=partition)
+        self.items.clear()
+
+
+def _forward_ping(event: faust.EventT, ping, consent: Consent | None, purposes: frozenset[Purpose],
+                  out: Outbox) -> None:
+    """Queue an accepted ping for the crossing and partner-statistics stages its consent allows."""
     if Purpose.CROSSINGS in purposes:
         fix = Fix(ping.user_id, ping.ts, ping.lat, ping.lon, ping.accuracy_m)
         routes = route(fix, CROSSING)
@@ -292,16 +321,14 @@ async def _forward_ping(event: faust.EventT, ping, consent: Consent | None, purp
                     "home": home, "cv": consent.updated_at if consent else 0.0,
                     "src": [msg.topic, msg.partition, msg.offset]}
             for key, is_home in routes:
-                value = dict(body, raw=b64(msg.value)) if is_home else body
-                await crossing_cells.send(key=key.encode(), value=_json(value))
+                out.add(crossing_cells, key, dict(body, raw=b64(msg.value)) if is_home else body)
     if Purpose.PARTNER_SHARING in purposes and not (ZONES and ZONES.contains(ping.lat, ping.lon)):
         base = h3.latlng_to_cell(ping.lat, ping.lon, KANON.base_resolution)
         coarse = h3.cell_to_parent(base, KANON.coarsest_resolution)
         ws = window_start(ping.ts, settings.stats_window_s)
         msg = event.message
-        await stats_cells.send(key=coarse.encode(), value=_json(
-            {"ts": ping.ts, "cell": base, "m": PSEUDONYMS.pseudonym(ping.user_id, ws),
-             "src": [msg.topic, msg.partition, msg.offset]}))
+        out.add(stats_cells, coarse, {"ts": ping.ts, "cell": base, "m": PSEUDONYMS.pseudonym(ping.user_id, ws),
+                                      "src": [msg.topic, msg.partition, msg.offset]})
 
 
 async def _forward_connection_log(event: faust.EventT, log) -> None:
@@ -426,32 +453,32 @@ async def detect(stream):
         # The same cooldown rule, applied before repartitioning, keeps the pair topic small; the pair
         # stage still decides (a pair seen in several cells), and the set of pairs is unchanged.
         local = local_cooldowns.setdefault(p, PairCooldown(CROSSING))
-        if "purge" in body:
+        if isinstance(body, dict):  # a purge request
             local.purge_user(body["purge"])
             removed = detector.purge_user(body["purge"])
             versions.pop(body["purge"], None)
             await _report_purge(body["purge"], "detector_pings", removed, body)
             continue
-        key = msg.key.decode()
-        fix = Fix(body["u"], body["ts"], body["lat"], body["lon"], body["acc"])
-        versions[fix.user_id] = body["cv"]
-        result = detector.add(fix, body["home"], key, source=body["src"][1])
-        if isinstance(result, LateFix):
-            if body["home"] == key:
-                await _late(event, body, f"ping ts={format_ts(fix.ts)} arrived after the crossing detector's "
-                                         f"watermark {format_ts(result.watermark)} (allowed lateness "
-                                         f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
-            continue
-        for c in result:
-            if not local.offer(c):
+        for key, item in body:
+            fix = Fix(item["u"], item["ts"], item["lat"], item["lon"], item["acc"])
+            versions[fix.user_id] = item["cv"]
+            result = detector.add(fix, item["home"], key, source=item["src"][1])
+            if isinstance(result, LateFix):
+                if item["home"] == key:
+                    await _late(event, item, f"ping ts={format_ts(fix.ts)} arrived after the crossing detector's "
+                                             f"watermark {format_ts(result.watermark)} (allowed lateness "
+                                             f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
                 continue
-            await crossing_pairs.send(key=c.pair_key.encode(), value=_json({
-                "a": c.user_a, "b": c.user_b, "ts": c.ts, "place": c.place, "band": c.distance_band,
-                "cva": versions.get(c.user_a, 0.0), "cvb": versions.get(c.user_b, 0.0)}))
-        seen += 1
-        if seen % 5000 == 0:
-            detector.evict()
-            local.expire(detector.watermark - CROSSING.cooldown_s)
+            for c in result:
+                if not local.offer(c):
+                    continue
+                await crossing_pairs.send(key=c.pair_key.encode(), value=_json({
+                    "a": c.user_a, "b": c.user_b, "ts": c.ts, "place": c.place, "band": c.distance_band,
+                    "cva": versions.get(c.user_a, 0.0), "cvb": versions.get(c.user_b, 0.0)}))
+            seen += 1
+            if seen % 5000 == 0:
+                detector.evict()
+                local.expire(detector.watermark - CROSSING.cooldown_s)
 
 
 async def _late(event: faust.EventT, body: dict, message: str) -> None:
@@ -540,13 +567,14 @@ async def _run_windows(stream, windows: TableBackedWindows, stage: str, key_of, 
     async for event in stream.events():
         msg = event.message
         body = json.loads(msg.value)
-        if "purge" in body:
+        if isinstance(body, dict) and "purge" in body:
             removed = windows.purge(msg.partition, set(body["purge"]))
             await _report_purge(body.get("user"), stage, removed, body)
             continue
-        if windows.add(msg.partition, body["ts"], key_of(body), body["m"], source=body["src"][1]) == "late":
-            await _late_for_statistics(event, body)
-            continue
+        # A batch from an Outbox ([[key, item], ...]) or a single item.
+        for item in (entry[1] for entry in body) if isinstance(body, list) else [body]:
+            if windows.add(msg.partition, item["ts"], key_of(item), item["m"], source=item["src"][1]) == "late":
+                await _late_for_statistics(event, item)
         for window in windows.close(msg.partition):
             await publish(window)
 
