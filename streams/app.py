@@ -5,10 +5,11 @@ then one agent per stage:
 
   geo-pings, connection-logs, consents
       -> ingest (decode, validate, consent gate; rejects -> dead-letters; counters)
-      -> crossing-cells (by spatial cell) -> detect -> crossing-pairs (by pair)
+      -> crossing-cells (by spatial cell, batched) -> detect -> crossing-pairs (by pair)
       -> cooldown -> crossings (one record per participant)
-      -> stats-cells (by coarse H3 cell) -> windows -> partner-statistics
-      -> stats-connections (by window) -> windows -> connection-statistics
+      -> stats-cells (by coarse H3 cell, batched) -> windows -> partner-statistics
+      -> stats-connections (one partition) -> windows -> connection-statistics
+  consents (deletion) / inactivity -> purges to every stage -> erasure-reports -> erasure-receipts
 """
 from __future__ import annotations
 
