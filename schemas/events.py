@@ -44,6 +44,7 @@ class Reason(str, Enum):
     BAD_IP = "bad_ip"
     BAD_VALUE = "bad_value"
     LATE_EVENT = "late_event"
+    PROCESSING_ERROR = "processing_error"  # valid input the pipeline failed on: a bug, kept for replay
 
 
 def _fail(reason: Reason, message: str) -> PydanticCustomError:
@@ -231,7 +232,7 @@ def decode(kind: str, raw: bytes | None, limits: Limits = Limits(), now: float |
     if not isinstance(data, dict):
         return Rejection(Reason.NOT_OBJECT, f"message is a JSON {type(data).__name__}; expected an object")
     version = data.get("schema_version", 1)
-    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
+    if type(version) is not int or version not in SCHEMA_VERSIONS:
         return Rejection(
             Reason.UNKNOWN_SCHEMA_VERSION,
             f"schema_version={version!r} is not supported; supported: {sorted(SCHEMA_VERSIONS)}",

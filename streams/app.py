@@ -146,6 +146,22 @@ async def _reject(event: faust.EventT, rejection: Rejection) -> None:
     _count(event, "rejected")
 
 
+def _processing_error(exc: Exception) -> Rejection:
+    logging.getLogger(__name__).exception("processing failed")
+    return Rejection(Reason.PROCESSING_ERROR, f"the pipeline failed on this valid-looking message "
+                                              f"({type(exc).__name__}: {exc}); it is kept here for replay")
+
+
+async def _quarantine(event: faust.EventT, exc: Exception) -> None:
+    """Dead-letter an internal message a stage failed on, so one bad record never stops the stage."""
+    msg = event.message
+    rejection = _processing_error(exc)
+    await dead_letters.send(key=msg.topic.encode(), value=DeadLetter(
+        source_topic=msg.topic, partition=msg.partition, offset=msg.offset, key_b64=b64(msg.key),
+        value_b64=b64(msg.value), reason=rejection.reason.value, message=rejection.message,
+        rejected_at=format_ts(time.time())).to_bytes())
+
+
 def _is_erased(user_id: str) -> bool:
     return erased_table.get(erasure_tag(SECRET, user_id)) is not None
 
@@ -213,8 +229,12 @@ async def ingest_pings(stream):
             if Purpose.GEOLOCATION not in purposes or _is_erased(ping.user_id):
                 _count(event, "dropped_consent")
                 continue
+            try:
+                _forward_ping(event, ping, consent, purposes, out)
+            except Exception as exc:  # a bug must not stop the worker: keep the message for replay
+                await _reject(event, _processing_error(exc))
+                continue
             _count(event, "accepted")
-            _forward_ping(event, ping, consent, purposes, out)
         await out.flush()
 
 
@@ -230,13 +250,17 @@ async def ingest_connection_logs(stream):
         if _is_erased(log.user_id):
             _count(event, "dropped_consent")
             continue
+        try:
+            await _forward_connection_log(event, log)
+        except Exception as exc:  # a bug must not stop the worker: keep the message for replay
+            await _reject(event, _processing_error(exc))
+            continue
         _count(event, "accepted")
         if log.event == "login":
             previous = activity_table.get(log.user_id)
             current = on_login(Activity.from_dict(previous) if previous else None, log.ts).to_dict()
             if current != previous:
                 activity_table[log.user_id] = current
-        await _forward_connection_log(event, log)
         await _check_inactivity(event.message.partition, log.ts)
 
 
@@ -280,6 +304,7 @@ connection_windows = TableBackedWindows(
 detectors: dict[int, CellDetector] = {}
 consent_versions: dict[int, dict[str, float]] = {}
 cooldowns: dict[int, PairCooldown] = {}
+detect_seen: dict[int, int] = {}
 local_cooldowns: dict[int, PairCooldown] = {}
 revoked: dict[int, dict[str, float]] = {}
 CONNECTIONS_KEY = b"connections"  # one window holds every group, so the "other" row is exact
@@ -441,45 +466,51 @@ def _recent_windows(now: float) -> list[float]:
 @app.agent(crossing_cells)
 async def detect(stream):
     """Detect crossings among the pings of each spatial cell; late pings are dead-lettered."""
-    seen = 0
     async for event in stream.events():
-        msg = event.message
-        p = msg.partition
-        body = json.loads(msg.value)
-        detector = detectors.get(p)
-        if detector is None:
-            # Every geo-pings partition feeds every cell partition: the watermark waits for the slowest.
-            detector = detectors[p] = CellDetector(CROSSING, ZONES, sources=range(P))
-        versions = consent_versions.setdefault(p, {})
-        # The same cooldown rule, applied before repartitioning, keeps the pair topic small; the pair
-        # stage still decides (a pair seen in several cells), and the set of pairs is unchanged.
-        local = local_cooldowns.setdefault(p, PairCooldown(CROSSING))
-        if isinstance(body, dict):  # a purge request
-            local.purge_user(body["purge"])
-            removed = detector.purge_user(body["purge"])
-            versions.pop(body["purge"], None)
-            await _report_purge(body["purge"], "detector_pings", removed, body)
+        try:
+            await _detect_one(event)
+        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
+            await _quarantine(event, exc)
+
+
+async def _detect_one(event: faust.EventT) -> None:
+    msg = event.message
+    p = msg.partition
+    body = json.loads(msg.value)
+    detector = detectors.get(p)
+    if detector is None:
+        # Every geo-pings partition feeds every cell partition: the watermark waits for the slowest.
+        detector = detectors[p] = CellDetector(CROSSING, ZONES, sources=range(P))
+    versions = consent_versions.setdefault(p, {})
+    # The same cooldown rule, applied before repartitioning, keeps the pair topic small; the pair
+    # stage still decides (a pair seen in several cells), and the set of pairs is unchanged.
+    local = local_cooldowns.setdefault(p, PairCooldown(CROSSING))
+    if isinstance(body, dict):  # a purge request
+        local.purge_user(body["purge"])
+        removed = detector.purge_user(body["purge"])
+        versions.pop(body["purge"], None)
+        await _report_purge(body["purge"], "detector_pings", removed, body)
+        return
+    for key, item in body:
+        fix = Fix(item["u"], item["ts"], item["lat"], item["lon"], item["acc"])
+        versions[fix.user_id] = item["cv"]
+        result = detector.add(fix, item["home"], key, source=item["src"][1])
+        if isinstance(result, LateFix):
+            if item["home"] == key:
+                await _late(event, item, f"ping ts={format_ts(fix.ts)} arrived after the crossing detector's "
+                                         f"watermark {format_ts(result.watermark)} (allowed lateness "
+                                         f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
             continue
-        for key, item in body:
-            fix = Fix(item["u"], item["ts"], item["lat"], item["lon"], item["acc"])
-            versions[fix.user_id] = item["cv"]
-            result = detector.add(fix, item["home"], key, source=item["src"][1])
-            if isinstance(result, LateFix):
-                if item["home"] == key:
-                    await _late(event, item, f"ping ts={format_ts(fix.ts)} arrived after the crossing detector's "
-                                             f"watermark {format_ts(result.watermark)} (allowed lateness "
-                                             f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
+        for c in result:
+            if not local.offer(c):
                 continue
-            for c in result:
-                if not local.offer(c):
-                    continue
-                await crossing_pairs.send(key=c.pair_key.encode(), value=_json({
-                    "a": c.user_a, "b": c.user_b, "ts": c.ts, "place": c.place, "band": c.distance_band,
-                    "cva": versions.get(c.user_a, 0.0), "cvb": versions.get(c.user_b, 0.0)}))
-            seen += 1
-            if seen % 5000 == 0:
-                detector.evict()
-                local.expire(detector.watermark - CROSSING.cooldown_s)
+            await crossing_pairs.send(key=c.pair_key.encode(), value=_json({
+                "a": c.user_a, "b": c.user_b, "ts": c.ts, "place": c.place, "band": c.distance_band,
+                "cva": versions.get(c.user_a, 0.0), "cvb": versions.get(c.user_b, 0.0)}))
+        detect_seen[p] = detect_seen.get(p, 0) + 1
+        if detect_seen[p] % 5000 == 0:
+            detector.evict()
+            local.expire(detector.watermark - CROSSING.cooldown_s)
 
 
 async def _late(event: faust.EventT, body: dict, message: str) -> None:
@@ -527,36 +558,43 @@ def _cooldown_of(p: int) -> PairCooldown:
 async def report(stream):
     """Report each pair at most once per cooldown, one record per participant; retract on withdrawal."""
     async for event in stream.events():
-        msg = event.message
-        p = msg.partition
-        body = json.loads(msg.value)
-        cooldown = _cooldown_of(p)
-        gone = revoked.setdefault(p, {})
-        now = format_ts(time.time())
-        if "purge" in body:
-            user = body["purge"]
-            tag = erasure_tag(SECRET, user)  # keyed hash: no user id is kept in this guard
-            gone[tag] = max(gone.get(tag, 0.0), body["v"])
-            partners = cooldown.purge_user(user)
-            await _report_purge(user, "crossing_pairs", len(partners), body)
-            for other in partners:
-                pair_table.pop(f"{p}|{pair_key(user, other)}", None)
-                await crossings.send(key=other.encode(), value=CrossingRecord(
-                    type="retraction", user_id=other, other_user_id=user, reason=body["reason"],
-                    emitted_at=now).to_bytes())
-            continue
-        if gone and (body["cva"] <= gone.get(erasure_tag(SECRET, body["a"]), -1.0)
-                     or body["cvb"] <= gone.get(erasure_tag(SECRET, body["b"]), -1.0)):
-            continue  # computed from pings sent before a withdrawal that has already been applied
-        crossing = Crossing(body["a"], body["b"], body["ts"], body["place"], body["band"])
-        if not cooldown.offer(crossing):
-            continue
-        pair_table[f"{p}|{crossing.pair_key}"] = crossing.ts
-        for view in crossing.views():
-            await crossings.send(key=view.user.encode(), value=CrossingRecord(
-                type="crossing", user_id=view.user, other_user_id=view.other, ts=format_ts(view.ts),
-                place=view.place, place_resolution=CROSSING.place_resolution, distance_band=view.distance_band,
+        try:
+            await _report_one(event)
+        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
+            await _quarantine(event, exc)
+
+
+async def _report_one(event: faust.EventT) -> None:
+    msg = event.message
+    p = msg.partition
+    body = json.loads(msg.value)
+    cooldown = _cooldown_of(p)
+    gone = revoked.setdefault(p, {})
+    now = format_ts(time.time())
+    if "purge" in body:
+        user = body["purge"]
+        tag = erasure_tag(SECRET, user)  # keyed hash: no user id is kept in this guard
+        gone[tag] = max(gone.get(tag, 0.0), body["v"])
+        partners = cooldown.purge_user(user)
+        await _report_purge(user, "crossing_pairs", len(partners), body)
+        for other in partners:
+            pair_table.pop(f"{p}|{pair_key(user, other)}", None)
+            await crossings.send(key=other.encode(), value=CrossingRecord(
+                type="retraction", user_id=other, other_user_id=user, reason=body["reason"],
                 emitted_at=now).to_bytes())
+        return
+    if gone and (body["cva"] <= gone.get(erasure_tag(SECRET, body["a"]), -1.0)
+                 or body["cvb"] <= gone.get(erasure_tag(SECRET, body["b"]), -1.0)):
+        return  # computed from pings sent before a withdrawal that has already been applied
+    crossing = Crossing(body["a"], body["b"], body["ts"], body["place"], body["band"])
+    if not cooldown.offer(crossing):
+        return
+    pair_table[f"{p}|{crossing.pair_key}"] = crossing.ts
+    for view in crossing.views():
+        await crossings.send(key=view.user.encode(), value=CrossingRecord(
+            type="crossing", user_id=view.user, other_user_id=view.other, ts=format_ts(view.ts),
+            place=view.place, place_resolution=CROSSING.place_resolution, distance_band=view.distance_band,
+            emitted_at=now).to_bytes())
 
 
 # ---------------------------------------------------------------------------
@@ -566,18 +604,25 @@ async def report(stream):
 async def _run_windows(stream, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
     """Feed a statistics stream into its windows; purge on request, dead-letter late events, publish closed windows."""
     async for event in stream.events():
-        msg = event.message
-        body = json.loads(msg.value)
-        if isinstance(body, dict) and "purge" in body:
-            removed = windows.purge(msg.partition, set(body["purge"]))
-            await _report_purge(body.get("user"), stage, removed, body)
-            continue
-        # A batch from an Outbox ([[key, item], ...]) or a single item.
-        for item in (entry[1] for entry in body) if isinstance(body, list) else [body]:
-            if windows.add(msg.partition, item["ts"], key_of(item), item["m"], source=item["src"][1]) == "late":
-                await _late_for_statistics(event, item)
-        for window in windows.close(msg.partition):
-            await publish(window)
+        try:
+            await _window_one(event, windows, stage, key_of, publish)
+        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
+            await _quarantine(event, exc)
+
+
+async def _window_one(event: faust.EventT, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
+    msg = event.message
+    body = json.loads(msg.value)
+    if isinstance(body, dict) and "purge" in body:
+        removed = windows.purge(msg.partition, set(body["purge"]))
+        await _report_purge(body.get("user"), stage, removed, body)
+        return
+    # A batch from an Outbox ([[key, item], ...]) or a single item.
+    for item in (entry[1] for entry in body) if isinstance(body, list) else [body]:
+        if windows.add(msg.partition, item["ts"], key_of(item), item["m"], source=item["src"][1]) == "late":
+            await _late_for_statistics(event, item)
+    for window in windows.close(msg.partition):
+        await publish(window)
 
 
 @app.agent(stats_cells)
@@ -623,26 +668,33 @@ pending_receipts: dict[str, dict] = {}
 async def build_receipts(stream):
     """Collect what each stage removed for an erasure and publish one receipt when all have answered."""
     async for event in stream.events():
-        body = json.loads(event.message.value)
-        user = body["user"]
-        receipt = pending_receipts.setdefault(user, {"purged": {}, "reports": 0, "expect": None})
-        if body["stage"] == "ingest":
-            receipt.update(expect=body["expect"], reason=body["reason"], requested_at=body["requested_at"])
-            for name, n in body["removed"].items():
-                receipt["purged"][name] = receipt["purged"].get(name, 0) + n
-        else:
-            receipt["reports"] += 1
-            receipt["purged"][body["stage"]] = receipt["purged"].get(body["stage"], 0) + body["removed"]
-        if receipt["expect"] is not None and receipt["reports"] >= receipt["expect"]:
-            del pending_receipts[user]
-            await erasure_receipts.send(key=user.encode(), value=_json({
-                "user_id": user, "reason": receipt["reason"], "requested_at": format_ts(receipt["requested_at"]),
-                "completed_at": format_ts(time.time()), "purged": receipt["purged"],
-                "tombstones": [settings.topic("consents"), f"{settings.app_id}-consent-state-changelog",
-                               f"{settings.app_id}-activity-changelog", f"{settings.app_id}-pair-last-changelog",
-                               f"{settings.app_id}-location-members-changelog",
-                               f"{settings.app_id}-connection-members-changelog"],
-                "retraction_sent": True}))
+        try:
+            await _receipt_one(event)
+        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
+            await _quarantine(event, exc)
+
+
+async def _receipt_one(event: faust.EventT) -> None:
+    body = json.loads(event.message.value)
+    user = body["user"]
+    receipt = pending_receipts.setdefault(user, {"purged": {}, "reports": 0, "expect": None})
+    if body["stage"] == "ingest":
+        receipt.update(expect=body["expect"], reason=body["reason"], requested_at=body["requested_at"])
+        for name, n in body["removed"].items():
+            receipt["purged"][name] = receipt["purged"].get(name, 0) + n
+    else:
+        receipt["reports"] += 1
+        receipt["purged"][body["stage"]] = receipt["purged"].get(body["stage"], 0) + body["removed"]
+    if receipt["expect"] is not None and receipt["reports"] >= receipt["expect"]:
+        del pending_receipts[user]
+        await erasure_receipts.send(key=user.encode(), value=_json({
+            "user_id": user, "reason": receipt["reason"], "requested_at": format_ts(receipt["requested_at"]),
+            "completed_at": format_ts(time.time()), "purged": receipt["purged"],
+            "tombstones": [settings.topic("consents"), f"{settings.app_id}-consent-state-changelog",
+                           f"{settings.app_id}-activity-changelog", f"{settings.app_id}-pair-last-changelog",
+                           f"{settings.app_id}-location-members-changelog",
+                           f"{settings.app_id}-connection-members-changelog"],
+            "retraction_sent": True}))
 
 
 @app.page("/audit/")

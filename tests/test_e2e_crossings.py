@@ -129,3 +129,29 @@ def _wait_for(s, predicate, timeout_s: float = 90):
         if predicate(records) or time.monotonic() > deadline:
             return records
         time.sleep(1)
+
+
+def test_worker_survives_garbage_on_every_topic(pipeline_settings):
+    """Junk on the internal topics is quarantined in dead-letters; the pipeline keeps working."""
+    s = pipeline_settings
+    internal = ["crossing-cells", "crossing-pairs", "stats-cells", "stats-connections", "erasure-reports"]
+    t0 = time.time() - 600
+    with running_workers(s, count=1):
+        prod = producer(s)
+        for name in internal:
+            prod.send(s.topic(name), key=b"junk", value=b'{"not": "what this stage expects"')
+            prod.send(s.topic(name), key=b"junk", value=b'[["key", {"u": 1}]]')
+        for name in ("geo-pings", "connection-logs", "consents"):
+            prod.send(s.topic(name), key=b"x", value=b"\x00\x01 not json")
+        prod.flush()
+        for j, u in enumerate(["ann", "ben"]):
+            send_json(prod, s.topic("geo-pings"), u, {"user_id": u, "ts": int((t0 + j) * 1000),
+                                                      "lat": 48.85 + j * 1e-4, "lon": 2.35, "accuracy_m": 5})
+        prod.flush()
+        records = _wait_for(s, lambda recs: ("ann", "ben") in reported_pairs(recs))
+        assert ("ann", "ben") in reported_pairs(records), "the pipeline stopped after junk input"
+        letters = [json.loads(r.value) for r in consume_all(s, "dead-letters", min_count=2 * len(internal) + 3)]
+    quarantined = [d for d in letters if d["reason"] == "processing_error"]
+    assert sorted({d["source_topic"] for d in quarantined}) == sorted(s.topic(n) for n in internal)
+    assert len(quarantined) == 2 * len(internal)
+    assert {d["reason"] for d in letters if d not in quarantined} == {"not_json"}

@@ -126,3 +126,33 @@ def test_json_schema_states_the_ranges():
     schema = json.loads(schema_text("ping"))
     assert schema["properties"]["lat"]["minimum"] == -90 and schema["properties"]["lat"]["maximum"] == 90
     assert set(schema["required"]) == {"user_id", "ts", "lat", "lon"}
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=10,
+)
+FIELDS = ["user_id", "ts", "lat", "lon", "accuracy_m", "ip", "user_agent", "isp", "language", "event",
+          "updated_at", "geolocation", "crossings", "partner_sharing", "deleted", "schema_version"]
+
+
+@pytest.mark.parametrize("kind", sorted(INPUT_MODELS))
+@hsettings(max_examples=150, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_decode_never_raises_on_arbitrary_bytes(kind, raw):
+    result = decode(kind, raw, Limits(), now=NOW, key=b"u-1")
+    assert isinstance(result, (Rejection, INPUT_MODELS[kind]))
+
+
+@pytest.mark.parametrize("kind", sorted(INPUT_MODELS))
+@hsettings(max_examples=200, deadline=None)
+@given(doc=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=10))
+def test_decode_never_raises_on_arbitrary_json_objects(kind, doc):
+    raw = json.dumps(doc).encode()
+    result = decode(kind, raw, Limits(), now=NOW)
+    assert isinstance(result, (Rejection, INPUT_MODELS[kind]))
+    if isinstance(result, Rejection):
+        assert result.message and result.reason in Reason
