@@ -162,6 +162,15 @@ async def _quarantine(event: faust.EventT, exc: Exception) -> None:
         rejected_at=format_ts(time.time())).to_bytes())
 
 
+async def _each_guarded(stream, handle) -> None:
+    """Run `handle` on every event; one that fails is quarantined and the stage goes on."""
+    async for event in stream.events():
+        try:
+            await handle(event)
+        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
+            await _quarantine(event, exc)
+
+
 def _is_erased(user_id: str) -> bool:
     return erased_table.get(erasure_tag(SECRET, user_id)) is not None
 
@@ -466,11 +475,7 @@ def _recent_windows(now: float) -> list[float]:
 @app.agent(crossing_cells)
 async def detect(stream):
     """Detect crossings among the pings of each spatial cell; late pings are dead-lettered."""
-    async for event in stream.events():
-        try:
-            await _detect_one(event)
-        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
-            await _quarantine(event, exc)
+    await _each_guarded(stream, _detect_one)
 
 
 async def _detect_one(event: faust.EventT) -> None:
@@ -557,11 +562,7 @@ def _cooldown_of(p: int) -> PairCooldown:
 @app.agent(crossing_pairs)
 async def report(stream):
     """Report each pair at most once per cooldown, one record per participant; retract on withdrawal."""
-    async for event in stream.events():
-        try:
-            await _report_one(event)
-        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
-            await _quarantine(event, exc)
+    await _each_guarded(stream, _report_one)
 
 
 async def _report_one(event: faust.EventT) -> None:
@@ -603,11 +604,7 @@ async def _report_one(event: faust.EventT) -> None:
 
 async def _run_windows(stream, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
     """Feed a statistics stream into its windows; purge on request, dead-letter late events, publish closed windows."""
-    async for event in stream.events():
-        try:
-            await _window_one(event, windows, stage, key_of, publish)
-        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
-            await _quarantine(event, exc)
+    await _each_guarded(stream, lambda event: _window_one(event, windows, stage, key_of, publish))
 
 
 async def _window_one(event: faust.EventT, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
@@ -667,11 +664,7 @@ pending_receipts: dict[str, dict] = {}
 @app.agent(erasure_reports)
 async def build_receipts(stream):
     """Collect what each stage removed for an erasure and publish one receipt when all have answered."""
-    async for event in stream.events():
-        try:
-            await _receipt_one(event)
-        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
-            await _quarantine(event, exc)
+    await _each_guarded(stream, _receipt_one)
 
 
 async def _receipt_one(event: faust.EventT) -> None:
