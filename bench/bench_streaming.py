@@ -42,7 +42,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_ingest's Kafka helpers
 
+from bench_ingest import _cpu_jiffies, consume  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,11 +52,6 @@ INPUTS = ("geo-pings", "connection-logs", "consents")
 
 
 # --------------------------------------------------------------------------- machine and process load
-def _cpu_jiffies() -> tuple[int, int]:
-    vals = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-    return sum(vals) - vals[3] - vals[4], sum(vals)
-
-
 def _proc_cpu_s(pid: int) -> float:
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / CLK_TCK
@@ -130,31 +127,6 @@ def group_lag(settings: Settings, names: list[str]) -> int:
         admin.close()
 
 
-async def _raw_consume(settings: Settings, topic: str) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest", client_id="bench-raw")
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if end[tp] > 0}
-        n = 0
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-            for tp, records in batch.items():
-                n += len(records)
-                if records and records[-1].offset + 1 >= end[tp]:
-                    remaining.discard(tp)
-        return n
-    finally:
-        await consumer.stop()
-
-
 def pct(values, q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -195,7 +167,7 @@ def run_backlog(settings: Settings, args, port: int, log: Path, out: dict):
     raw = []
     for _ in range(args.raw_rounds):
         with Load() as ld:
-            n = asyncio.run(_raw_consume(settings, settings.topic("geo-pings")))
+            n = asyncio.run(consume(settings, settings.topic("geo-pings")))
         raw.append(n / ld.wall)
         print(f"    raw aiokafka consume of geo-pings: {n} in {ld.wall:.2f} s = {n / ld.wall:,.0f} msg/s "
               f"({ld.describe()})")

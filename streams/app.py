@@ -134,15 +134,23 @@ async def forget_counts(app, revoked, **kwargs) -> None:
     pending_counts.clear()
 
 
-async def _reject(event: faust.EventT, rejection: Rejection) -> None:
-    """Send one rejected message to dead-letters, raw bytes intact, and count it."""
+async def _dead_letter(topic: str, partition: int, offset: int, key_b64: str | None, value_b64: str | None,
+                       rejection: Rejection) -> None:
+    """Send one dead letter pointing at a message's source position, keyed by its source topic."""
+    await dead_letters.send(key=topic.encode(), value=DeadLetter(
+        source_topic=topic, partition=partition, offset=offset, key_b64=key_b64, value_b64=value_b64,
+        reason=rejection.reason.value, message=rejection.message, rejected_at=format_ts(time.time())).to_bytes())
+
+
+async def _dead_letter_event(event: faust.EventT, rejection: Rejection) -> None:
+    """Dead-letter the current message itself, raw key and value intact."""
     msg = event.message
-    letter = DeadLetter(
-        source_topic=msg.topic, partition=msg.partition, offset=msg.offset, key_b64=b64(msg.key),
-        value_b64=b64(msg.value), reason=rejection.reason.value, message=rejection.message,
-        rejected_at=format_ts(time.time()),
-    )
-    await dead_letters.send(key=msg.topic.encode(), value=letter.to_bytes())
+    await _dead_letter(msg.topic, msg.partition, msg.offset, b64(msg.key), b64(msg.value), rejection)
+
+
+async def _reject(event: faust.EventT, rejection: Rejection) -> None:
+    """Send one rejected input message to dead-letters, raw bytes intact, and count it."""
+    await _dead_letter_event(event, rejection)
     _count(event, "rejected")
 
 
@@ -154,12 +162,7 @@ def _processing_error(exc: Exception) -> Rejection:
 
 async def _quarantine(event: faust.EventT, exc: Exception) -> None:
     """Dead-letter an internal message a stage failed on, so one bad record never stops the stage."""
-    msg = event.message
-    rejection = _processing_error(exc)
-    await dead_letters.send(key=msg.topic.encode(), value=DeadLetter(
-        source_topic=msg.topic, partition=msg.partition, offset=msg.offset, key_b64=b64(msg.key),
-        value_b64=b64(msg.value), reason=rejection.reason.value, message=rejection.message,
-        rejected_at=format_ts(time.time())).to_bytes())
+    await _dead_letter_event(event, _processing_error(exc))
 
 
 async def _each_guarded(stream, handle) -> None:
@@ -520,25 +523,20 @@ async def _detect_one(event: faust.EventT) -> None:
 
 async def _late(event: faust.EventT, body: dict, message: str) -> None:
     """Dead-letter a ping that came too late for a stage, pointing at its original position."""
-    topic, partition, offset = body.get("src") or (event.message.topic, event.message.partition, event.message.offset)
-    letter = DeadLetter(source_topic=topic, partition=partition, offset=offset, key_b64=b64(body["u"].encode()),
-                        value_b64=body.get("raw"), reason=Reason.LATE_EVENT.value, message=message,
-                        rejected_at=format_ts(time.time()))
-    await dead_letters.send(key=topic.encode(), value=letter.to_bytes())
+    topic, partition, offset = body["src"]
+    await _dead_letter(topic, partition, offset, b64(body["u"].encode()), body.get("raw"),
+                       Rejection(Reason.LATE_EVENT, message))
     _count_stage(event, "late")
 
 
 async def _late_for_statistics(event: faust.EventT, body: dict) -> None:
     """Dead-letter an event whose statistics window had closed; its raw bytes stay in the input topic."""
     topic, partition, offset = body["src"]
-    letter = DeadLetter(
-        source_topic=topic, partition=partition, offset=offset, key_b64=None, value_b64=None,
-        reason=Reason.LATE_EVENT.value, rejected_at=format_ts(time.time()),
-        message=f"event ts={format_ts(body['ts'])} arrived after its statistics window closed (allowed lateness "
-                f"{settings.stats_lateness_s} s); it was not counted. The raw message is at this position of "
-                f"{topic} (no user data is copied into statistics dead letters)",
-    )
-    await dead_letters.send(key=topic.encode(), value=letter.to_bytes())
+    await _dead_letter(topic, partition, offset, None, None, Rejection(
+        Reason.LATE_EVENT,
+        f"event ts={format_ts(body['ts'])} arrived after its statistics window closed (allowed lateness "
+        f"{settings.stats_lateness_s} s); it was not counted. The raw message is at this position of "
+        f"{topic} (no user data is copied into statistics dead letters)"))
     _count_stage(event, "late")
 
 
