@@ -88,3 +88,33 @@ def withdrawn(before: Consent | None, after: Consent) -> frozenset[Purpose]:
 def allowed_purposes(consent: Consent | None, at: float, max_age_months: int = 13) -> frozenset[Purpose]:
     """Every purpose `consent` allows for data at time `at`."""
     return frozenset(p for p in Purpose if allows(consent, p, at, max_age_months))
+
+
+@dataclass(frozen=True, slots=True)
+class PurposeSchedule:
+    """allowed_purposes(consent, at) for every `at`, worked out once per consent.
+
+    Only the partner-sharing opt-in depends on the data's time (it expires); so a consent allows
+    `before` for data before `expires_at` and `after` from then on. The worker keeps one schedule
+    per user instead of re-deriving purposes (and calendar months) for every ping.
+    """
+
+    before: frozenset[Purpose]
+    expires_at: float
+    after: frozenset[Purpose]
+    version: float = 0.0  # the consent's updated_at (0: never recorded)
+
+    def at(self, ts: float) -> frozenset[Purpose]:
+        """The purposes allowed for data at time ts."""
+        return self.before if ts < self.expires_at else self.after
+
+    @classmethod
+    def of(cls, consent: Consent | None, max_age_months: int = 13) -> "PurposeSchedule":
+        """The schedule of `consent` (None: never recorded)."""
+        if consent is None:
+            never = frozenset(p for p in Purpose if allows(None, p, 0.0))
+            return cls(never, float("inf"), never)
+        expires = add_months(consent.updated_at, max_age_months)
+        lasting = frozenset(p for p in Purpose if p is not Purpose.PARTNER_SHARING and allows(consent, p, expires))
+        opted_in = not consent.deleted and consent.geolocation and consent.partner_sharing
+        return cls(lasting | {Purpose.PARTNER_SHARING} if opted_in else lasting, expires, lasting, consent.updated_at)

@@ -12,7 +12,7 @@ with geo.oracle.brute_force_pairs bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import functools
 import math
@@ -662,6 +662,19 @@ class _KeyState:
         self.n += 1
 
 
+    def extend(self, rows: np.ndarray, horizon: float) -> None:
+        """Append several rows (columns of `rows`), first dropping pings older than horizon if full."""
+        k = rows.shape[1]
+        if self.n + k > self.data.shape[1]:
+            self.keep(self.data[_TS, : self.n] >= horizon)
+            if self.n + k > 0.75 * self.data.shape[1]:
+                grown = np.empty((_COLS, max(2 * self.data.shape[1], 2 * (self.n + k))), dtype=np.float64)
+                grown[:, : self.n] = self.data[:, : self.n]
+                self.data = grown
+        self.data[:, self.n : self.n + k] = rows
+        self.n += k
+
+
 class CellDetector:
     """Streaming crossing detector for the partition keys given by route(); exact under route()."""
 
@@ -673,6 +686,7 @@ class CellDetector:
         # Upstream partitions whose progress bounds the watermark (none: the max ts seen does).
         self._source_max: dict[Hashable, float] = {s: -math.inf for s in sources}
         self._keys: dict[str, _KeyState] = {}
+        self._max_dlat = math.degrees(params.distance_m / EARTH_RADIUS_M) * (1 + _MARGIN) + 1e-9
         self._code: dict[str, int] = {}
         self._users: list[str | None] = []
 
@@ -735,6 +749,189 @@ class CellDetector:
         horizon = self.watermark - p.window_s - _HORIZON_SLACK_S
         state.append(np.array([fix.ts, fix.lat, fix.lon, c, uid, 1.0 if is_home else 0.0]), horizon)
         return found
+
+    def add_many(self, users: Sequence[str], ts: Sequence[float], lat: Sequence[float], lon: Sequence[float],
+                 accuracy: Sequence[float | None], homes: Sequence[str], keys: Sequence[str],
+                 sources: Sequence[Hashable] | None = None,
+                 cooldown: "PairCooldown | None" = None) -> list[list[Crossing] | LateFix]:
+        """add() for a batch of fixes in arrival order, with the same results, one vectorized pass.
+
+        Result i is what add() would have returned for fix i had the fixes been added one by one:
+        lateness follows the watermark as it advances within the batch, and a fix is matched
+        against the live pings of its key and the earlier fixes of the batch in that key.
+
+        With a cooldown, result i keeps only the crossings `cooldown.offer` accepts, offered in
+        the same order as one by one; the others are never built (dense places produce many
+        crossings per fix, nearly all of them repeats within the cooldown).
+        """
+        p = self.params
+        n = len(users)
+        results: list[list[Crossing] | LateFix] = [None] * n  # type: ignore[list-item]
+        max_acc = p.max_accuracy_m
+        src_max = self._source_max
+        progress = min(src_max.values()) if src_max else self.max_ts
+        take: list[int] = []
+        for i in range(n):
+            t, la, lo = ts[i], lat[i], lon[i]
+            if not (-90.0 <= la <= 90.0) or not (-180.0 <= lo <= 180.0):
+                raise ValueError(f"lat={la!r}, lon={lo!r} is outside [-90, 90] x [-180, 180]")
+            if not math.isfinite(t):
+                raise ValueError(f"ts={t!r} is not a finite epoch-seconds value")
+            home, key = homes[i], keys[i]
+            if home != key and home > key:
+                raise ValueError(f"home_key={home!r} > key={key!r}: route() only sends guests to greater keys")
+            wm = progress - p.lateness_s
+            if t < wm:
+                results[i] = LateFix(Fix(users[i], t, la, lo, accuracy[i]), wm)
+                continue
+            if t > self.max_ts:
+                self.max_ts = t
+            source = sources[i] if sources is not None else None
+            if src_max:
+                if source is not None and source in src_max and t > src_max[source]:
+                    before = src_max[source]
+                    src_max[source] = t
+                    if before == progress:
+                        progress = min(src_max.values())
+            else:
+                progress = self.max_ts
+            results[i] = []
+            acc = accuracy[i]
+            if acc is not None and acc > max_acc:
+                continue
+            take.append(i)
+        if take and self.zones:
+            inside = np.asarray(self.zones.contains(np.asarray([lat[i] for i in take], dtype=np.float64),
+                                                    np.asarray([lon[i] for i in take], dtype=np.float64)))
+            take = [i for i, z in zip(take, np.atleast_1d(inside)) if not z]
+        if not take:
+            return results
+        # New fixes grouped by key (arrival order kept inside a group), after the live pings they meet.
+        groups: dict[str, list[int]] = {}
+        for i in take:
+            groups.setdefault(keys[i], []).append(i)
+        order = [i for g in groups.values() for i in g]
+        m = len(order)
+        intern = self._intern
+        new = np.empty((_COLS, m), dtype=np.float64)
+        new[_TS] = [ts[i] for i in order]
+        new[_LAT] = [lat[i] for i in order]
+        new[_LON] = [lon[i] for i in order]
+        new[_COS] = cos_lat(new[_LAT])
+        new[_UID] = [intern(users[i]) for i in order]
+        new[_HOME] = [homes[i] == keys[i] for i in order]
+        live_parts, live_lo, live_hi, new_lo, new_hi = [], [], [], [], []
+        states, base, pos = [], 0, 0
+        for key, members in groups.items():
+            state = self._keys.get(key)
+            if state is None:
+                state = self._keys[key] = _KeyState()
+            states.append(state)
+            if state.n:
+                live_parts.append(state.view())
+            live_lo.append(base)
+            base += state.n
+            live_hi.append(base)
+            new_lo.append(pos)
+            pos += len(members)
+            new_hi.append(pos)
+        # Candidates of new fix r (position q in its group g): the live pings of g, then g's fixes before r.
+        sizes = np.asarray([len(g) for g in groups.values()], dtype=np.int64)
+        row = np.arange(m, dtype=np.int64)
+        first = np.repeat(np.asarray(new_lo, dtype=np.int64), sizes)
+        left_live, right_live = _expand(row, np.repeat(np.asarray(live_lo, dtype=np.int64), sizes),
+                                        np.repeat(np.asarray(live_hi, dtype=np.int64), sizes))
+        left_new, right_new = _expand(row, first, row)
+        table = np.concatenate(live_parts + [new], axis=1) if live_parts else new
+        left = np.concatenate([left_live, left_new])
+        right = np.concatenate([right_live, right_new + base])
+        if left.size:
+            # Arrival order of the new fixes; per fix, live pings first, then the batch's earlier fixes.
+            cut = np.argsort(np.asarray(order, dtype=np.int64)[left], kind="stable")
+            left, right = left[cut], right[cut]
+            # Cheap necessary conditions first (time, then latitude: the great-circle distance is at
+            # least the meridian arc); the exact test runs on what is left.
+            near = np.abs(new[_TS][left] - table[_TS][right]) <= p.window_s
+            near &= np.abs(new[_LAT][left] - table[_LAT][right]) <= self._max_dlat
+            left, right = left[near], right[near]
+            a, b = new[:, left], table[:, right]
+            mask, d = _match(a[_TS], a[_LAT], a[_LON], a[_COS], a[_UID], b[_TS], b[_LAT], b[_LON], b[_COS], b[_UID], p)
+            mask &= (a[_HOME] > 0) | (b[_HOME] > 0)  # guest-guest pairs belong to another key
+            hit = np.flatnonzero(mask)
+            if hit.size and self.zones:
+                hit = hit[_outside_zones(a[_LAT, hit], a[_LON, hit], b[_LAT, hit], b[_LON, hit], self.zones)[2]]
+            if hit.size and cooldown is not None:
+                hit = hit[self._offered(a[:, hit], b[:, hit], cooldown)]
+            if hit.size:
+                for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit])):
+                    results[order[r]].append(crossing)
+        horizon = self.watermark - p.window_s - _HORIZON_SLACK_S
+        for state, lo, hi in zip(states, new_lo, new_hi):
+            state.extend(new[:, lo:hi], horizon)
+        return results
+
+    def _offered(self, a: np.ndarray, b: np.ndarray, cooldown: "PairCooldown") -> np.ndarray:
+        """Which matched pairs (in order) `cooldown` reports; offers them in that order.
+
+        Per pair, the first match at or after the pair's cooldown end is reported; in the common
+        case no later match of the batch is a cooldown past it, and the pair is settled without
+        a Python loop over its matches. Other pairs replay offer()'s rule match by match.
+        """
+        ts = np.maximum(a[_TS], b[_TS])
+        ua, ub = a[_UID].astype(np.int64), b[_UID].astype(np.int64)
+        code = (np.minimum(ua, ub) << 32) | np.maximum(ua, ub)
+        by_pair = np.argsort(code, kind="stable")  # each pair's matches together, in arrival order
+        sorted_code, sorted_ts = code[by_pair], ts[by_pair]
+        total = code.size
+        starts = np.flatnonzero(np.r_[True, sorted_code[1:] != sorted_code[:-1]])
+        sizes = np.diff(np.r_[starts, total])
+        users, wait, last = self._users, cooldown.params.cooldown_s, cooldown._last
+        pairs, ends = [], []
+        never = -math.inf
+        for x, y in zip(ua[by_pair[starts]].tolist(), ub[by_pair[starts]].tolist()):
+            x, y = users[x], users[y]
+            pair = (x, y) if x < y else (y, x)
+            pairs.append(pair)
+            prev = last.get(pair)
+            ends.append(never if prev is None else prev + wait)
+        threshold = np.asarray(ends)
+        group = np.repeat(np.arange(starts.size), sizes)
+        position = np.arange(total)
+        first = np.minimum.reduceat(np.where(sorted_ts >= threshold[group], position, total), starts)
+        reported = first < total
+        again = np.full(starts.size, math.inf)
+        again[reported] = sorted_ts[first[reported]] + wait
+        more = np.maximum.reduceat((position > first[group]) & (sorted_ts >= again[group]), starts)
+        chosen: list[int] = []
+        for g in np.flatnonzero(reported).tolist():
+            pair = pairs[g]
+            if not more[g]:
+                k = int(first[g])
+                cooldown.offer_pair(pair[0], pair[1], float(sorted_ts[k]))
+                chosen.append(int(by_pair[k]))
+                continue
+            lo = int(starts[g])
+            for k, t in enumerate(sorted_ts[lo : lo + int(sizes[g])].tolist(), start=lo):
+                if cooldown.offer_pair(pair[0], pair[1], t):
+                    chosen.append(int(by_pair[k]))
+        mask = np.zeros(total, dtype=bool)
+        mask[chosen] = True
+        return mask
+
+    def _describe_pairs(self, a: np.ndarray, b: np.ndarray, d: np.ndarray) -> list[Crossing]:
+        """Crossings of matched pairs outside zones (a[:, k] the new fix, b[:, k] the other)."""
+        mlat, mlon = midpoint(a[_LAT], a[_LON], b[_LAT], b[_LON])
+        bands = distance_bands(d, self.params)
+        users, res = self._users, self.params.place_resolution
+        latlng_to_cell = h3.latlng_to_cell
+        out: list[Crossing] = []
+        for ua, ub, ta, tb, la, lo, band in zip(a[_UID].astype(np.int64).tolist(), b[_UID].astype(np.int64).tolist(),
+                                                a[_TS].tolist(), b[_TS].tolist(), np.atleast_1d(mlat).tolist(),
+                                                np.atleast_1d(mlon).tolist(), bands.tolist()):
+            x, y = users[ua], users[ub]
+            out.append(Crossing(*((x, y) if x < y else (y, x)), ta if ta > tb else tb,
+                                latlng_to_cell(la, lo, res), band))
+        return out
 
     def _describe(self, fix: Fix, other: np.ndarray, d: np.ndarray) -> list[Crossing]:
         mlat, mlon, ok = _outside_zones(fix.lat, fix.lon, other[_LAT], other[_LON], self.zones)
@@ -814,13 +1011,17 @@ class PairCooldown:
 
     def offer(self, crossing: Crossing) -> bool:
         """Whether this crossing is to be reported (and, if so, remember it)."""
-        pair = (crossing.user_a, crossing.user_b)
+        return self.offer_pair(crossing.user_a, crossing.user_b, crossing.ts)
+
+    def offer_pair(self, user_a: str, user_b: str, ts: float) -> bool:
+        """offer() for the crossing of user_a < user_b at ts, without building it."""
+        pair = (user_a, user_b)
         last = self._last.get(pair)
-        if last is not None and not crossing.ts >= last + self.params.cooldown_s:
+        if last is not None and not ts >= last + self.params.cooldown_s:
             return False
-        self._last[pair] = crossing.ts
-        self._partners.setdefault(crossing.user_a, set()).add(crossing.user_b)
-        self._partners.setdefault(crossing.user_b, set()).add(crossing.user_a)
+        self._last[pair] = ts
+        self._partners.setdefault(user_a, set()).add(user_b)
+        self._partners.setdefault(user_b, set()).add(user_a)
         return True
 
     def partners_of(self, user_id: str) -> frozenset[str]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -256,6 +258,57 @@ def decode(kind: str, raw: bytes | None, limits: Limits = Limits(), now: float |
             f"message key {key[:140]!r} differs from user_id={record.user_id!r}; key every message by its user_id",
         )
     return record
+
+
+_USER_ID = re.compile(USER_ID_PATTERN[1:-1])  # fullmatch: no trailing newline, unlike `$`
+_isfinite = math.isfinite
+
+
+def decode_ping_fast(raw: bytes | None, limits: Limits, now: float, key: bytes | None = None):
+    """The common case of decode("ping", ...) at a fraction of its cost: (user_id, ts, lat, lon, accuracy_m).
+
+    Returns None whenever the message is not plainly valid; the caller then runs decode(), which
+    gives the record or the exact Rejection. So this path only ever accepts what decode() accepts,
+    with the same values (a property test holds it to that).
+    """
+    if not raw or len(raw) > limits.max_bytes:
+        return None
+    try:
+        data = orjson.loads(raw)  # strict UTF-8 and JSON; anything else goes the slow way
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict:
+        return None
+    get = data.get
+    version = get("schema_version", 1)
+    user, ts, lat, lon = get("user_id"), get("ts"), get("lat"), get("lon")
+    acc = get("accuracy_m")
+    if type(version) is not int or version != 1 or type(user) is not str or _USER_ID.fullmatch(user) is None:
+        return None
+    tt = type(ts)
+    if tt is str or tt is int:
+        try:
+            ts = parse_ts(ts)
+        except ValueError:
+            return None
+    else:
+        return None
+    if ts > now + limits.max_future_skew_s or (key is not None and key != user.encode()):
+        return None
+    tl, tn = type(lat), type(lon)
+    if not ((tl is float or tl is int) and (tn is float or tn is int)):
+        return None
+    lat, lon = float(lat), float(lon)
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN fails too
+        return None
+    if acc is not None:
+        ta = type(acc)
+        if not (ta is float or ta is int):
+            return None
+        acc = float(acc)
+        if not (acc >= 0.0 and _isfinite(acc)):
+            return None
+    return user, ts, lat, lon, acc
 
 
 def json_schema(kind: str) -> dict:

@@ -22,10 +22,11 @@ import zlib
 import faust
 import h3
 import numpy as np
+import orjson
 from kafka.partitioner.default import murmur2
 
 from anonymizers.connection import group_key, reduce_connection, validate_group_by
-from anonymizers.consent import Consent, Purpose, allowed_purposes, withdrawn
+from anonymizers.consent import Consent, Purpose, PurposeSchedule, withdrawn
 from anonymizers.dp import DPParams, publish_noisy_cells
 from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
 from anonymizers.pseudonym import Pseudonymizer
@@ -33,9 +34,10 @@ from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, era
 from anonymizers.windows import recent_windows, window_start
 from geo.crossings import CellDetector, Crossing, CrossingParams, Fix, LateFix, PairCooldown, pair_key, route, split_pair_key
 from geo.zones import SensitiveZones
-from schemas.events import Limits, Reason, Rejection, decode
+from schemas.events import Limits, Reason, Rejection, decode, decode_ping_fast
 from schemas.outputs import ConnectionStat, CrossingRecord, DeadLetter, LocationStat, b64
 from schemas.timefmt import format_ts
+from streams.bulk import batch_agent
 from streams.settings import get_settings, pseudonym_secret
 from streams.windowstate import SEP, TableBackedWindows
 
@@ -102,14 +104,18 @@ dirty_counts: set[tuple[str, int]] = set()
 
 def _count(event: faust.EventT, outcome: str) -> None:
     """Count one received message of the current event's topic-partition by outcome."""
-    msg = event.message
-    slot = (msg.topic, msg.partition)
+    _count_at(event.message.topic, event.message.partition, outcome)
+
+
+def _count_at(topic: str, partition: int, outcome: str, n: int = 1) -> None:
+    """Count n received messages of a topic-partition with this outcome."""
+    slot = (topic, partition)
     current = pending_counts.get(slot)
     if current is None:
-        restored = counter_table.get(f"{msg.topic}/{msg.partition}")
+        restored = counter_table.get(f"{topic}/{partition}")
         current = pending_counts[slot] = dict(restored or {f: 0 for f in COUNTER_FIELDS})
-    current["received"] += 1
-    current[outcome] = current.get(outcome, 0) + 1
+    current["received"] += n
+    current[outcome] = current.get(outcome, 0) + n
     dirty_counts.add(slot)
 
 
@@ -178,6 +184,49 @@ def _is_erased(user_id: str) -> bool:
     return erased_table.get(erasure_tag(SECRET, user_id)) is not None
 
 
+# Per-user values derived on the hot path, dropped on erasure (`_forget`) and bounded in size.
+_schedules: dict[str, tuple[object, PurposeSchedule]] = {}  # user -> (consent-table value, its schedule)
+_pseudonyms: dict[tuple[str, float], str] = {}  # (user, window start) -> pseudonym
+_CACHE_MAX = 500_000
+_NO_CONSENT = PurposeSchedule.of(None, settings.consent_max_age_months)
+
+
+def _schedule(user_id: str) -> PurposeSchedule | None:
+    """What the user's consent allows over time; None when the account was erased."""
+    raw = consent_table.get(user_id)
+    if raw is None:
+        # No consent record: defaults, unless the account was erased (its record is then gone).
+        return None if _is_erased(user_id) else _NO_CONSENT
+    cached = _schedules.get(user_id)
+    if cached is not None and cached[0] is raw:
+        return cached[1]
+    if len(_schedules) >= _CACHE_MAX:
+        _schedules.clear()
+    schedule = PurposeSchedule.of(Consent.from_dict(raw), settings.consent_max_age_months)
+    _schedules[user_id] = (raw, schedule)
+    return schedule
+
+
+def _pseudonym(user_id: str, ws: float) -> str:
+    """The user's statistics pseudonym for the window starting at ws (HMAC, cached)."""
+    key = (user_id, ws)
+    found = _pseudonyms.get(key)
+    if found is None:
+        if len(_pseudonyms) >= _CACHE_MAX:
+            _pseudonyms.clear()
+        found = _pseudonyms[key] = PSEUDONYMS.pseudonym(user_id, ws)
+    return found
+
+
+def _forget(user_id: str) -> int:
+    """Drop a user's entries from the hot-path caches; returns how many there were."""
+    n = int(_schedules.pop(user_id, None) is not None)
+    for key in [k for k in _pseudonyms if k[0] == user_id]:
+        del _pseudonyms[key]
+        n += 1
+    return n
+
+
 def _consent_of(user_id: str) -> Consent | None:
     raw = consent_table.get(user_id)
     return None if raw is None else Consent.from_dict(raw)
@@ -225,29 +274,51 @@ async def ingest_consents(stream):
         await _apply_consent_change(previous, consent)
 
 
-@app.agent(geo_pings)
-async def ingest_pings(stream):
-    """Validate pings and drop those without geolocation consent, before any other state."""
-    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        out = Outbox()
-        for event in events:
-            msg = event.message
-            ping = decode("ping", msg.value, LIMITS, key=msg.key)
-            if isinstance(ping, Rejection):
-                await _reject(event, ping)
-                continue
-            consent = _consent_of(ping.user_id)
-            purposes = allowed_purposes(consent, ping.ts, settings.consent_max_age_months)
-            if Purpose.GEOLOCATION not in purposes or _is_erased(ping.user_id):
-                _count(event, "dropped_consent")
-                continue
-            try:
-                _forward_ping(event, ping, consent, purposes, out)
-            except Exception as exc:  # a bug must not stop the worker: keep the message for replay
-                await _reject(event, _processing_error(exc))
-                continue
-            _count(event, "accepted")
-        await out.flush()
+@batch_agent(app, geo_pings)
+async def ingest_pings(tp, records) -> None:
+    """Validate pings and drop those without geolocation consent, before any other state.
+
+    A batch agent (streams/bulk.py): Faust hands over each fetched batch of one partition, and
+    the accepted pings leave as one message per destination partition (Outbox).
+    """
+    out = Outbox(tp.topic, tp.partition)
+    now = time.time()
+    accepted = dropped = 0
+    rejected: list[tuple[object, Rejection]] = []
+    for record in records:
+        try:
+            outcome = _ingest_ping(record, now, out)
+        except Exception as exc:  # a bug must not stop the worker: keep the message for replay
+            outcome = _processing_error(exc)
+        if outcome is True:
+            accepted += 1
+        elif outcome is False:
+            dropped += 1
+        else:
+            rejected.append((record, outcome))
+    await out.flush()
+    for record, rejection in rejected:
+        await _dead_letter(tp.topic, tp.partition, record.offset, b64(record.key), b64(record.value), rejection)
+    for outcome, n in (("accepted", accepted), ("dropped_consent", dropped), ("rejected", len(rejected))):
+        if n:
+            _count_at(tp.topic, tp.partition, outcome, n)
+
+
+def _ingest_ping(record, now: float, out: "Outbox") -> bool | Rejection:
+    """Decode, validate and gate one ping: True (forwarded), False (no consent) or why it is rejected."""
+    fields = decode_ping_fast(record.value, LIMITS, now, key=record.key)
+    if fields is None:  # not plainly valid: the full decoder gives the record or the exact reason
+        ping = decode("ping", record.value, LIMITS, now=now, key=record.key)
+        if isinstance(ping, Rejection):
+            return ping
+        fields = (ping.user_id, ping.ts, ping.lat, ping.lon, ping.accuracy_m)
+    user, ts = fields[0], fields[1]
+    schedule = _schedule(user)
+    purposes = schedule.at(ts) if schedule is not None else frozenset()
+    if Purpose.GEOLOCATION not in purposes:
+        return False
+    _forward_ping(record, fields, schedule, purposes, out)
+    return True
 
 
 @app.agent(connection_logs)
@@ -322,51 +393,56 @@ revoked: dict[int, dict[str, float]] = {}
 CONNECTIONS_KEY = b"connections"  # one window holds every group, so the "other" row is exact
 
 
-BATCH_MAX, BATCH_WITHIN_S = 500, 0.05
-
-
 class Outbox:
-    """Internal records of one batch, sent as one Kafka message per destination topic-partition.
+    """Internal records of one input batch, sent as one Kafka message per destination topic-partition.
 
-    One send per record would dominate the worker's time; the receiving stage unpacks the list in
-    order. A record's partition is a stable hash of its key, so a key always meets the same stage state.
+    One send per record would dominate the worker's time. A message holds its records column by
+    column ({"k": keys, field: values, ...}) with the input position they came from ("src":
+    topic and partition, "o": offsets); the receiving stage reads them in order. A record's
+    partition is a stable hash of its key, so a key always meets the same stage state.
     """
 
-    def __init__(self) -> None:
-        self.items: dict[tuple[faust.TopicT, int], list] = {}
+    def __init__(self, topic: str | None = None, partition: int | None = None) -> None:
+        self.src = [topic, partition]
+        self.items: dict[tuple[faust.TopicT, int], dict[str, list]] = {}
 
-    def add(self, topic: faust.TopicT, key: str, body: dict) -> None:
+    def add(self, topic: faust.TopicT, key: str, offset: int | None, **fields) -> None:
         """Queue one record for `topic`, placed by its key."""
-        self.items.setdefault((topic, zlib.crc32(key.encode()) % P), []).append([key, body])
+        dest = (topic, zlib.crc32(key.encode()) % P)
+        columns = self.items.get(dest)
+        if columns is None:
+            columns = self.items[dest] = {"k": [], "o": [], **{name: [] for name in fields}}
+        columns["k"].append(key)
+        columns["o"].append(offset)
+        for name, value in fields.items():
+            columns[name].append(value)
 
     async def flush(self) -> None:
         """Send every queued record, one message per topic-partition."""
-        for (topic, partition), items in self.items.items():
-            await topic.send(key=b"batch", value=_json(items), partition=partition)
+        for (topic, partition), columns in self.items.items():
+            columns["src"] = self.src
+            await topic.send(key=b"batch", value=orjson.dumps(columns), partition=partition)
         self.items.clear()
 
 
-def _forward_ping(event: faust.EventT, ping, consent: Consent | None, purposes: frozenset[Purpose],
+def _forward_ping(record, fields: tuple, schedule: PurposeSchedule, purposes: frozenset[Purpose],
                   out: Outbox) -> None:
     """Queue an accepted ping for the crossing and partner-statistics stages its consent allows."""
+    user, ts, lat, lon, acc = fields
     if Purpose.CROSSINGS in purposes:
-        fix = Fix(ping.user_id, ping.ts, ping.lat, ping.lon, ping.accuracy_m)
-        routes = route(fix, CROSSING)
+        routes = route(Fix(user, ts, lat, lon, acc), CROSSING)
         if routes:
-            msg = event.message
             home = routes[0][0]
-            body = {"u": ping.user_id, "ts": ping.ts, "lat": ping.lat, "lon": ping.lon, "acc": ping.accuracy_m,
-                    "home": home, "cv": consent.updated_at if consent else 0.0,
-                    "src": [msg.topic, msg.partition, msg.offset]}
+            cv = schedule.version
+            raw = b64(record.value)  # kept once, with the home key, for a late ping's dead letter
             for key, is_home in routes:
-                out.add(crossing_cells, key, dict(body, raw=b64(msg.value)) if is_home else body)
-    if Purpose.PARTNER_SHARING in purposes and not (ZONES and ZONES.contains(ping.lat, ping.lon)):
-        base = h3.latlng_to_cell(ping.lat, ping.lon, KANON.base_resolution)
-        coarse = h3.cell_to_parent(base, KANON.coarsest_resolution)
-        ws = window_start(ping.ts, settings.stats_window_s)
-        msg = event.message
-        out.add(stats_cells, coarse, {"ts": ping.ts, "cell": base, "m": PSEUDONYMS.pseudonym(ping.user_id, ws),
-                                      "src": [msg.topic, msg.partition, msg.offset]})
+                out.add(crossing_cells, key, record.offset, u=user, ts=ts, lat=lat, lon=lon, acc=acc, h=home,
+                        cv=cv, raw=raw if is_home else None)
+    if Purpose.PARTNER_SHARING in purposes and not (ZONES and ZONES.contains(lat, lon)):
+        base = h3.latlng_to_cell(lat, lon, KANON.base_resolution)
+        ws = window_start(ts, settings.stats_window_s)
+        out.add(stats_cells, h3.cell_to_parent(base, KANON.coarsest_resolution), record.offset, ts=ts, cell=base,
+                m=_pseudonym(user, ws))
 
 
 async def _forward_connection_log(event: faust.EventT, log) -> None:
@@ -422,6 +498,7 @@ async def _erase(user: str, reason: str, at: float) -> None:
         activity_table.pop(user)
         purged["activity"] = 1
     erased_table[erasure_tag(SECRET, user)] = at
+    purged["caches"] = _forget(user)
     await consents.send(key=user.encode(), value=None)  # tombstone: compaction drops the user's records
     expect = await _purge_downstream(user, at, reason, crossings_=True, locations=True, connections=True,
                                      report=True)
@@ -484,7 +561,7 @@ async def detect(stream):
 async def _detect_one(event: faust.EventT) -> None:
     msg = event.message
     p = msg.partition
-    body = json.loads(msg.value)
+    body = orjson.loads(msg.value)
     detector = detectors.get(p)
     if detector is None:
         # Every geo-pings partition feeds every cell partition: the watermark waits for the slowest.
@@ -493,48 +570,50 @@ async def _detect_one(event: faust.EventT) -> None:
     # The same cooldown rule, applied before repartitioning, keeps the pair topic small; the pair
     # stage still decides (a pair seen in several cells), and the set of pairs is unchanged.
     local = local_cooldowns.setdefault(p, PairCooldown(CROSSING))
-    if isinstance(body, dict):  # a purge request
+    if "purge" in body:  # a purge request
         local.purge_user(body["purge"])
         removed = detector.purge_user(body["purge"])
         versions.pop(body["purge"], None)
         await _report_purge(body["purge"], "detector_pings", removed, body)
         return
-    for key, item in body:
-        fix = Fix(item["u"], item["ts"], item["lat"], item["lon"], item["acc"])
-        versions[fix.user_id] = item["cv"]
-        result = detector.add(fix, item["home"], key, source=item["src"][1])
+    users, keys, homes = body["u"], body["k"], body["h"]
+    topic, source = body["src"]
+    versions.update(zip(users, body["cv"]))
+    results = detector.add_many(users, body["ts"], body["lat"], body["lon"], body["acc"], homes, keys,
+                                sources=[source] * len(users), cooldown=local)
+    out = Outbox()
+    for i, result in enumerate(results):
         if isinstance(result, LateFix):
-            if item["home"] == key:
-                await _late(event, item, f"ping ts={format_ts(fix.ts)} arrived after the crossing detector's "
-                                         f"watermark {format_ts(result.watermark)} (allowed lateness "
-                                         f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
+            if homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
+                await _late(event, [topic, source, body["o"][i]], users[i], body["raw"][i],
+                            f"ping ts={format_ts(result.fix.ts)} arrived after the crossing detector's "
+                            f"watermark {format_ts(result.watermark)} (allowed lateness "
+                            f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
             continue
         for c in result:
-            if not local.offer(c):
-                continue
-            await crossing_pairs.send(key=c.pair_key.encode(), value=_json({
-                "a": c.user_a, "b": c.user_b, "ts": c.ts, "place": c.place, "band": c.distance_band,
-                "cva": versions.get(c.user_a, 0.0), "cvb": versions.get(c.user_b, 0.0)}))
-        detect_seen[p] = detect_seen.get(p, 0) + 1
-        if detect_seen[p] % 5000 == 0:
-            detector.evict()
-            local.expire(detector.watermark - CROSSING.cooldown_s)
+            out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, place=c.place,
+                    band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0))
+    await out.flush()
+    seen = detect_seen[p] = detect_seen.get(p, 0) + len(users)
+    if seen >= 5000:
+        detect_seen[p] = 0
+        detector.evict()
+        local.expire(detector.watermark - CROSSING.cooldown_s)
 
 
-async def _late(event: faust.EventT, body: dict, message: str) -> None:
+async def _late(event: faust.EventT, src: list, user: str, raw_b64: str | None, message: str) -> None:
     """Dead-letter a ping that came too late for a stage, pointing at its original position."""
-    topic, partition, offset = body["src"]
-    await _dead_letter(topic, partition, offset, b64(body["u"].encode()), body.get("raw"),
-                       Rejection(Reason.LATE_EVENT, message))
+    topic, partition, offset = src
+    await _dead_letter(topic, partition, offset, b64(user.encode()), raw_b64, Rejection(Reason.LATE_EVENT, message))
     _count_stage(event, "late")
 
 
-async def _late_for_statistics(event: faust.EventT, body: dict) -> None:
+async def _late_for_statistics(event: faust.EventT, src: list, ts: float) -> None:
     """Dead-letter an event whose statistics window had closed; its raw bytes stay in the input topic."""
-    topic, partition, offset = body["src"]
+    topic, partition, offset = src
     await _dead_letter(topic, partition, offset, None, None, Rejection(
         Reason.LATE_EVENT,
-        f"event ts={format_ts(body['ts'])} arrived after its statistics window closed (allowed lateness "
+        f"event ts={format_ts(ts)} arrived after its statistics window closed (allowed lateness "
         f"{settings.stats_lateness_s} s); it was not counted. The raw message is at this position of "
         f"{topic} (no user data is copied into statistics dead letters)"))
     _count_stage(event, "late")
@@ -566,7 +645,7 @@ async def report(stream):
 async def _report_one(event: faust.EventT) -> None:
     msg = event.message
     p = msg.partition
-    body = json.loads(msg.value)
+    body = orjson.loads(msg.value)
     cooldown = _cooldown_of(p)
     gone = revoked.setdefault(p, {})
     now = format_ts(time.time())
@@ -582,18 +661,19 @@ async def _report_one(event: faust.EventT) -> None:
                 type="retraction", user_id=other, other_user_id=user, reason=body["reason"],
                 emitted_at=now).to_bytes())
         return
-    if gone and (body["cva"] <= gone.get(erasure_tag(SECRET, body["a"]), -1.0)
-                 or body["cvb"] <= gone.get(erasure_tag(SECRET, body["b"]), -1.0)):
-        return  # computed from pings sent before a withdrawal that has already been applied
-    crossing = Crossing(body["a"], body["b"], body["ts"], body["place"], body["band"])
-    if not cooldown.offer(crossing):
-        return
-    pair_table[f"{p}|{crossing.pair_key}"] = crossing.ts
-    for view in crossing.views():
-        await crossings.send(key=view.user.encode(), value=CrossingRecord(
-            type="crossing", user_id=view.user, other_user_id=view.other, ts=format_ts(view.ts),
-            place=view.place, place_resolution=CROSSING.place_resolution, distance_band=view.distance_band,
-            emitted_at=now).to_bytes())
+    for a, b, ts, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], body["place"], body["band"],
+                                               body["cva"], body["cvb"]):
+        if gone and (cva <= gone.get(erasure_tag(SECRET, a), -1.0) or cvb <= gone.get(erasure_tag(SECRET, b), -1.0)):
+            continue  # computed from pings sent before a withdrawal that has already been applied
+        crossing = Crossing(a, b, ts, place, band)
+        if not cooldown.offer(crossing):
+            continue
+        pair_table[f"{p}|{crossing.pair_key}"] = crossing.ts
+        for view in crossing.views():
+            await crossings.send(key=view.user.encode(), value=CrossingRecord(
+                type="crossing", user_id=view.user, other_user_id=view.other, ts=format_ts(view.ts),
+                place=view.place, place_resolution=CROSSING.place_resolution, distance_band=view.distance_band,
+                emitted_at=now).to_bytes())
 
 
 # ---------------------------------------------------------------------------
@@ -607,15 +687,18 @@ async def _run_windows(stream, windows: TableBackedWindows, stage: str, key_of, 
 
 async def _window_one(event: faust.EventT, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
     msg = event.message
-    body = json.loads(msg.value)
-    if isinstance(body, dict) and "purge" in body:
+    body = orjson.loads(msg.value)
+    if "purge" in body:
         removed = windows.purge(msg.partition, set(body["purge"]))
         await _report_purge(body.get("user"), stage, removed, body)
         return
-    # A batch from an Outbox ([[key, item], ...]) or a single item.
-    for item in (entry[1] for entry in body) if isinstance(body, list) else [body]:
-        if windows.add(msg.partition, item["ts"], key_of(item), item["m"], source=item["src"][1]) == "late":
-            await _late_for_statistics(event, item)
+    # A batch from an Outbox (columns) or a single record.
+    batch = body if "k" in body else {name: [value] for name, value in body.items() if name != "src"} | {
+        "o": [body["src"][2]], "src": body["src"][:2]}
+    topic, source = batch["src"]
+    for ts, key, member, offset in zip(batch["ts"], key_of(batch), batch["m"], batch["o"]):
+        if windows.add(msg.partition, ts, key, member, source=source) == "late":
+            await _late_for_statistics(event, [topic, source, offset], ts)
     for window in windows.close(msg.partition):
         await publish(window)
 
@@ -640,7 +723,7 @@ async def _publish_locations(window) -> None:
 @app.agent(stats_connections)
 async def aggregate_connections(stream):
     """Count distinct users per technical-data group and window; publish groups with >= k users."""
-    await _run_windows(stream, connection_windows, "connection_memberships", lambda b: SEP.join(b["g"]),
+    await _run_windows(stream, connection_windows, "connection_memberships", lambda b: [SEP.join(g) for g in b["g"]],
                        _publish_connections)
 
 
@@ -698,6 +781,7 @@ async def audit_view(web, request):
         "consent_versions": sum(user in v for v in consent_versions.values()),
         "crossing_pairs": sum(len(c.partners_of(user)) for c in cooldowns.values()),
         "pending_receipts": int(user in pending_receipts),
+        "ingest_caches": int(user in _schedules) + sum(k[0] == user for k in _pseudonyms),
         "location_memberships": location_windows.memberships_of(members),
         "connection_memberships": connection_windows.memberships_of(members),
     }

@@ -45,3 +45,23 @@ def test_withdrawn_lists_purposes_switched_off():
 def test_deleted_allows_nothing_ever():
     dead = consent(deleted=True, partner_sharing=True)
     assert not any(allows(dead, p, T0 + d) for p in Purpose for d in (0, 1e6, 1e9))
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from anonymizers.consent import PurposeSchedule  # noqa: E402
+
+consents = st.none() | st.builds(
+    Consent, user_id=st.just("u"), updated_at=st.floats(946_684_800, 4_000_000_000),
+    geolocation=st.booleans(), crossings=st.booleans(), partner_sharing=st.booleans(), deleted=st.booleans())
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(consent=consents, offsets=st.lists(st.floats(-1e8, 1e8), min_size=1, max_size=5),
+       months=st.integers(1, 25))
+def test_purpose_schedule_equals_allowed_purposes(consent, offsets, months):
+    schedule = PurposeSchedule.of(consent, months)
+    base = consent.updated_at if consent else 1_796_000_000.0
+    for at in [base + o for o in offsets] + ([schedule.expires_at, schedule.expires_at - 1e-3]
+                                             if consent else []):
+        assert schedule.at(at) == allowed_purposes(consent, at, months)

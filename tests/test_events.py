@@ -156,3 +156,55 @@ def test_decode_never_raises_on_arbitrary_json_objects(kind, doc):
     assert isinstance(result, (Rejection, INPUT_MODELS[kind]))
     if isinstance(result, Rejection):
         assert result.message and result.reason in Reason
+
+
+# The worker's fast path for pings: it may decline (None, then decode() runs) but never disagree.
+from schemas.events import decode_ping_fast  # noqa: E402
+from schemas.timefmt import format_ts  # noqa: E402
+
+ping_field_values = {
+    "user_id": st.from_regex(r"[A-Za-z0-9._:@-]{1,130}", fullmatch=True) | st.text(max_size=5) | json_values,
+    "ts": st.integers(min_value=900_000_000_000, max_value=1_800_000_000_000)
+    | st.datetimes().map(lambda d: d.isoformat() + "Z") | st.sampled_from(["2026-11-29T10:00:00Z",
+                                                                          "2026-11-29T10:00:00+01:00",
+                                                                          "2026-11-29 10:00:00", " 2026-11-29T10:00:00Z\n"])
+    | json_values,
+    "lat": st.floats(min_value=-91, max_value=91) | st.integers(-100, 100) | json_values,
+    "lon": st.floats(min_value=-181, max_value=181) | st.integers(-200, 200) | json_values,
+    "accuracy_m": st.floats(min_value=-1, max_value=1e6) | st.integers(-5, 500) | json_values,
+    "schema_version": st.sampled_from([1, 2, 1.0, True, "1"]) | json_values,
+    "extra": json_values,
+}
+
+
+def _fields(doc: dict) -> tuple:
+    return doc.user_id, doc.ts, doc.lat, doc.lon, doc.accuracy_m
+
+
+@hsettings(max_examples=600, deadline=None)
+@given(doc=st.fixed_dictionaries({}, optional=ping_field_values), key=st.sampled_from([None, "user", b"other"]),
+       garble=st.sampled_from([None, b"\xff", b" ", b"NaN"]))
+def test_fast_ping_decode_agrees_with_decode(doc, key, garble):
+    raw = json.dumps(doc).encode()
+    if garble:
+        raw = raw[:-1] + garble + raw[-1:]
+    k = str(doc.get("user_id")).encode() if key == "user" else key
+    fast = decode_ping_fast(raw, Limits(), NOW, key=k)
+    slow = decode("ping", raw, Limits(), now=NOW, key=k)
+    if fast is not None:
+        assert isinstance(slow, Ping), (fast, slow)
+        assert fast == _fields(slow)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(user=st.from_regex(r"[A-Za-z0-9._:@-]{1,128}", fullmatch=True),
+       ts=st.one_of(st.integers(1_700_000_000_000, 1_795_000_000_000),
+                    st.integers(1_700_000_000, 1_795_000_000).map(lambda s: format_ts(s))),
+       lat=st.floats(-90, 90), lon=st.floats(-180, 180), acc=st.none() | st.floats(0, 5000))
+def test_fast_ping_decode_takes_every_well_formed_ping(user, ts, lat, lon, acc):
+    """The fast path is the common path: a well-formed ping never falls back to pydantic."""
+    doc = {"schema_version": 1, "user_id": user, "ts": ts, "lat": lat, "lon": lon, "accuracy_m": acc}
+    raw = json.dumps(doc).encode()
+    fast = decode_ping_fast(raw, Limits(), NOW, key=user.encode())
+    assert fast is not None
+    assert fast == _fields(decode("ping", raw, Limits(), now=NOW, key=user.encode()))

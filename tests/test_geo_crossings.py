@@ -523,3 +523,53 @@ def test_pair_cooldown_expire_forgets_old_pairs_only():
     assert cd.partners_of("a") == {"c"} and cd.partners_of("b") == frozenset()
     assert cd.offer(Crossing("a", "b", 60.0, "x", "<50m"))  # forgotten: reported again
     assert not cd.offer(Crossing("a", "c", 550.0, "x", "<50m"))  # kept: still cooling down
+
+
+# --------------------------------------------------------------------------- batched streaming
+
+
+@st.composite
+def routed_arrivals(draw):
+    """Pings in a shuffled-ish arrival order, each sent to every key route() gives, with a source."""
+    df = draw(ping_sets())
+    jitter = draw(st.lists(st.sampled_from([0.0, 30.0, 200.0, 900.0]), min_size=len(df), max_size=len(df)))
+    df = df.assign(arrival=df.ts + jitter).sort_values("arrival", kind="stable")
+    n_sources = draw(st.integers(0, 3))
+    rows = []
+    for row in df.itertuples(index=False):
+        acc = None if pd.isna(row.accuracy_m) else float(row.accuracy_m)
+        keys = route(Fix(row.user_id, float(row.ts), float(row.lat), float(row.lon), acc), P)
+        src = draw(st.integers(0, n_sources - 1)) if n_sources else None
+        for key, _ in keys:
+            rows.append((row.user_id, float(row.ts), float(row.lat), float(row.lon), acc, keys[0][0], key, src))
+    return rows, n_sources
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(arrivals=routed_arrivals(), cuts=st.lists(st.integers(0, 400), max_size=6), zones=st.booleans(),
+       cooldown_s=st.sampled_from([None, 0.0, 250.0, 3600.0]))
+def test_add_many_equals_one_by_one(arrivals, cuts, zones, cooldown_s):
+    """The worker's batched add gives, fix for fix, what add() gives one at a time (lateness included),
+    and with a cooldown exactly the crossings offer() would accept one at a time."""
+    rows, n_sources = arrivals
+    z = ZONES if zones else None
+    one = CellDetector(P, z, sources=range(n_sources))
+    many = CellDetector(P, z, sources=range(n_sources))
+    cd_one = cd_many = None
+    if cooldown_s is not None:
+        cd_one, cd_many = (PairCooldown(CrossingParams(cooldown_s=cooldown_s)) for _ in range(2))
+    expected = [one.add(Fix(u, t, la, lo, acc), home, key, source=src) for u, t, la, lo, acc, home, key, src in rows]
+    if cd_one is not None:
+        expected = [r if isinstance(r, LateFix) else [c for c in r if cd_one.offer(c)] for r in expected]
+    got = []
+    bounds = sorted({0, len(rows), *[c for c in cuts if c < len(rows)]})
+    for lo_, hi_ in zip(bounds, bounds[1:]):
+        part = rows[lo_:hi_]
+        cols = list(zip(*part))
+        got.extend(many.add_many(*cols[:7], sources=cols[7] if n_sources else None, cooldown=cd_many))
+    assert got == expected
+    if cd_one is not None:
+        assert cd_many.snapshot() == cd_one.snapshot()
+    assert many.watermark == one.watermark
+    many.evict(), one.evict()
+    assert many.live_pings == one.live_pings
