@@ -846,14 +846,14 @@ class CellDetector:
         left = np.concatenate([left_live, left_new])
         right = np.concatenate([right_live, right_new + base])
         if left.size:
-            # Arrival order of the new fixes; per fix, live pings first, then the batch's earlier fixes.
-            cut = np.argsort(np.asarray(order, dtype=np.int64)[left], kind="stable")
-            left, right = left[cut], right[cut]
             # Cheap necessary conditions first (time, then latitude: the great-circle distance is at
             # least the meridian arc); the exact test runs on what is left.
             near = np.abs(new[_TS][left] - table[_TS][right]) <= p.window_s
             near &= np.abs(new[_LAT][left] - table[_LAT][right]) <= self._max_dlat
             left, right = left[near], right[near]
+            # Arrival order of the new fixes; per fix, live pings first, then the batch's earlier fixes.
+            cut = np.argsort(np.asarray(order, dtype=np.int64)[left], kind="stable")
+            left, right = left[cut], right[cut]
             a, b = new[:, left], table[:, right]
             mask, d = _match(a[_TS], a[_LAT], a[_LON], a[_COS], a[_UID], b[_TS], b[_LAT], b[_LON], b[_COS], b[_UID], p)
             mask &= (a[_HOME] > 0) | (b[_HOME] > 0)  # guest-guest pairs belong to another key

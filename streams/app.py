@@ -18,6 +18,7 @@ import logging
 import math
 import time
 import zlib
+from pathlib import Path
 
 import faust
 import h3
@@ -37,7 +38,7 @@ from geo.zones import SensitiveZones
 from schemas.events import Limits, Reason, Rejection, decode, decode_ping_fast
 from schemas.outputs import ConnectionStat, CrossingRecord, DeadLetter, LocationStat, b64
 from schemas.timefmt import format_ts
-from streams.bulk import batch_agent
+from streams.bulk import batch_agent, processing
 from streams.settings import get_settings, pseudonym_secret
 from streams.windowstate import SEP, TableBackedWindows
 
@@ -45,10 +46,14 @@ settings = get_settings()
 LIMITS = Limits(max_bytes=settings.max_message_bytes, max_future_skew_s=settings.max_future_skew_s)
 P = settings.partitions
 
+FAUST_HOME = Path(settings.home).expanduser() / "faust"  # Faust's data folders, not the current directory
+FAUST_HOME.mkdir(parents=True, exist_ok=True)
+
 app = faust.App(
     settings.app_id,
     broker=settings.broker_url,
     store="memory://",
+    datadir=str(FAUST_HOME / "{conf.name}"),
     topic_partitions=P,
     topic_replication_factor=1,
     topic_allow_declare=True,
@@ -140,10 +145,20 @@ async def forget_counts(app, revoked, **kwargs) -> None:
     pending_counts.clear()
 
 
+async def _send(topic: faust.TopicT, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+    """Hand one message to the producer directly.
+
+    Same producer, so Faust's commit still flushes it before committing the offsets of the
+    input that caused it (at-least-once unchanged), without the ~30 µs of bookkeeping per
+    message of `topic.send` (a FutureMessage, send signals, a callback per acknowledgement).
+    """
+    await app.producer.send(topic.get_topic_name(), key, value, partition, None, None)
+
+
 async def _dead_letter(topic: str, partition: int, offset: int, key_b64: str | None, value_b64: str | None,
                        rejection: Rejection) -> None:
     """Send one dead letter pointing at a message's source position, keyed by its source topic."""
-    await dead_letters.send(key=topic.encode(), value=DeadLetter(
+    await _send(dead_letters, topic.encode(), DeadLetter(
         source_topic=topic, partition=partition, offset=offset, key_b64=key_b64, value_b64=value_b64,
         reason=rejection.reason.value, message=rejection.message, rejected_at=format_ts(time.time())).to_bytes())
 
@@ -181,7 +196,23 @@ async def _each_guarded(stream, handle) -> None:
 
 
 def _is_erased(user_id: str) -> bool:
-    return erased_table.get(erasure_tag(SECRET, user_id)) is not None
+    if erased_table.get(_tag(user_id)) is None:
+        return False
+    _tags.pop(user_id, None)  # nothing about an erased account stays in the caches
+    return True
+
+
+_tags: dict[str, str] = {}  # user -> erasure_tag (an HMAC), cached like the values below
+
+
+def _tag(user_id: str) -> str:
+    """The user's keyed erasure tag (cached)."""
+    found = _tags.get(user_id)
+    if found is None:
+        if len(_tags) >= _CACHE_MAX:
+            _tags.clear()
+        found = _tags[user_id] = erasure_tag(SECRET, user_id)
+    return found
 
 
 # Per-user values derived on the hot path, dropped on erasure (`_forget`) and bounded in size.
@@ -220,7 +251,7 @@ def _pseudonym(user_id: str, ws: float) -> str:
 
 def _forget(user_id: str) -> int:
     """Drop a user's entries from the hot-path caches; returns how many there were."""
-    n = int(_schedules.pop(user_id, None) is not None)
+    n = int(_schedules.pop(user_id, None) is not None) + int(_tags.pop(user_id, None) is not None)
     for key in [k for k in _pseudonyms if k[0] == user_id]:
         del _pseudonyms[key]
         n += 1
@@ -298,8 +329,8 @@ async def ingest_pings(tp, records) -> None:
             rejected.append((record, outcome))
     await out.flush()
     for record, rejection in rejected:
-        await _dead_letter(tp.topic, tp.partition, record.offset, b64(record.key), b64(record.value), rejection)
-    for outcome, n in (("accepted", accepted), ("dropped_consent", dropped), ("rejected", len(rejected))):
+        await _reject_record(tp, record, rejection)
+    for outcome, n in (("accepted", accepted), ("dropped_consent", dropped)):
         if n:
             _count_at(tp.topic, tp.partition, outcome, n)
 
@@ -321,30 +352,46 @@ def _ingest_ping(record, now: float, out: "Outbox") -> bool | Rejection:
     return True
 
 
-@app.agent(connection_logs)
-async def ingest_connection_logs(stream):
+@batch_agent(app, connection_logs)
+async def ingest_connection_logs(tp, records) -> None:
     """Validate connection logs; logs of deleted accounts are dropped."""
-    async for event in stream.events():
-        msg = event.message
-        log = decode("connection-log", msg.value, LIMITS, key=msg.key)
-        if isinstance(log, Rejection):
-            await _reject(event, log)
-            continue
-        if _is_erased(log.user_id):
-            _count(event, "dropped_consent")
-            continue
-        try:
-            await _forward_connection_log(event, log)
-        except Exception as exc:  # a bug must not stop the worker: keep the message for replay
-            await _reject(event, _processing_error(exc))
-            continue
-        _count(event, "accepted")
-        if log.event == "login":
-            previous = activity_table.get(log.user_id)
-            current = on_login(Activity.from_dict(previous) if previous else None, log.ts).to_dict()
-            if current != previous:
-                activity_table[log.user_id] = current
-        await _check_inactivity(event.message.partition, log.ts)
+    out = Outbox(tp.topic, tp.partition)
+    for record in records:
+        with processing(tp, record):  # table writes go to this record's partition
+            try:
+                outcome = await _ingest_connection_log(tp, record, out)
+            except Exception as exc:  # a bug must not stop the worker: keep the message for replay
+                outcome = _processing_error(exc)
+        if isinstance(outcome, Rejection):
+            await _reject_record(tp, record, outcome)
+        else:
+            _count_at(tp.topic, tp.partition, outcome)
+    await out.flush()
+
+
+async def _ingest_connection_log(tp, record, out: "Outbox") -> str | Rejection:
+    """Decode, forward and record the activity of one connection log: its outcome or why it is rejected."""
+    log = decode("connection-log", record.value, LIMITS, key=record.key)
+    if isinstance(log, Rejection):
+        return log
+    if _is_erased(log.user_id):
+        return "dropped_consent"
+    _forward_connection_log(record, log, out)
+    if log.event == "login":
+        previous = activity_table.get(log.user_id)
+        current = on_login(Activity.from_dict(previous) if previous else None, log.ts).to_dict()
+        if current != previous:
+            activity_table[log.user_id] = current
+    if _inactivity_scan_due(tp.partition, log.ts):
+        await out.flush()  # what came before an erasure reaches the stages before its purge
+        await _check_inactivity(tp.partition, log.ts)
+    return "accepted"
+
+
+async def _reject_record(tp, record, rejection: Rejection) -> None:
+    """Dead-letter one input record of a batch agent, raw bytes intact, and count it."""
+    await _dead_letter(tp.topic, tp.partition, record.offset, b64(record.key), b64(record.value), rejection)
+    _count_at(tp.topic, tp.partition, "rejected")
 
 
 # ---------------------------------------------------------------------------
@@ -390,7 +437,7 @@ cooldowns: dict[int, PairCooldown] = {}
 detect_seen: dict[int, int] = {}
 local_cooldowns: dict[int, PairCooldown] = {}
 revoked: dict[int, dict[str, float]] = {}
-CONNECTIONS_KEY = b"connections"  # one window holds every group, so the "other" row is exact
+CONNECTIONS_KEY = "connections"
 
 
 class Outbox:
@@ -421,7 +468,7 @@ class Outbox:
         """Send every queued record, one message per topic-partition."""
         for (topic, partition), columns in self.items.items():
             columns["src"] = self.src
-            await topic.send(key=b"batch", value=orjson.dumps(columns), partition=partition)
+            await _send(topic, b"batch", orjson.dumps(columns), partition)
         self.items.clear()
 
 
@@ -445,14 +492,14 @@ def _forward_ping(record, fields: tuple, schedule: PurposeSchedule, purposes: fr
                 m=_pseudonym(user, ws))
 
 
-async def _forward_connection_log(event: faust.EventT, log) -> None:
-    """Reduce a connection log (no user id leaves this function) and send it to the statistics stage."""
+def _forward_connection_log(record, log, out: Outbox) -> None:
+    """Reduce a connection log (no user id leaves this function) and queue it for the statistics stage."""
     reduced = reduce_connection(ts=log.ts, ip=log.ip, user_agent=log.user_agent, event=log.event,
                                 isp=log.isp, language=log.language)
     ws = window_start(log.ts, settings.stats_window_s)
-    await stats_connections.send(key=CONNECTIONS_KEY, value=_json(
-        {"ts": log.ts, "g": list(group_key(reduced, GROUP_BY)), "m": PSEUDONYMS.pseudonym(log.user_id, ws),
-         "src": [event.message.topic, event.message.partition, event.message.offset]}))
+    # One key: one window holds every group, so the "other" row is exact.
+    out.add(stats_connections, CONNECTIONS_KEY, record.offset, ts=log.ts, g=list(group_key(reduced, GROUP_BY)),
+            m=_pseudonym(log.user_id, ws))
 
 
 async def _apply_consent_change(previous: Consent | None, current: Consent) -> None:
@@ -522,12 +569,18 @@ event_clock: dict[int, float] = {}  # partition -> event time of the last inacti
 INACTIVITY_SCAN_EVERY_S = 3600.0
 
 
-async def _check_inactivity(partition: int, ts: float) -> None:
-    """Scan this partition's users for inactivity once per hour of event time (notify, then erase)."""
+def _inactivity_scan_due(partition: int, ts: float) -> bool:
+    """Whether _check_inactivity(partition, ts) will scan (advances the worker's event-time clock)."""
     now = max(ts, event_clock.get(-1, 0.0))
     event_clock[-1] = now  # the worker's event-time clock: the latest connection-log time it saw
-    if now - event_clock.get(partition, -math.inf) < INACTIVITY_SCAN_EVERY_S:
+    return now - event_clock.get(partition, -math.inf) >= INACTIVITY_SCAN_EVERY_S
+
+
+async def _check_inactivity(partition: int, ts: float) -> None:
+    """Scan this partition's users for inactivity once per hour of event time (notify, then erase)."""
+    if not _inactivity_scan_due(partition, ts):
         return
+    now = event_clock[-1]
     event_clock[partition] = now
     for user, raw in list(activity_table.items()):
         if _partition_of(user) != partition:
@@ -663,15 +716,17 @@ async def _report_one(event: faust.EventT) -> None:
         return
     for a, b, ts, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], body["place"], body["band"],
                                                body["cva"], body["cvb"]):
-        if gone and (cva <= gone.get(erasure_tag(SECRET, a), -1.0) or cvb <= gone.get(erasure_tag(SECRET, b), -1.0)):
+        if gone and (cva <= gone.get(_tag(a), -1.0) or cvb <= gone.get(_tag(b), -1.0)):
+            _tags.pop(a, None), _tags.pop(b, None)  # the user may be erased: keep no cached id
             continue  # computed from pings sent before a withdrawal that has already been applied
         crossing = Crossing(a, b, ts, place, band)
         if not cooldown.offer(crossing):
             continue
         pair_table[f"{p}|{crossing.pair_key}"] = crossing.ts
+        at = format_ts(crossing.ts)
         for view in crossing.views():
-            await crossings.send(key=view.user.encode(), value=CrossingRecord(
-                type="crossing", user_id=view.user, other_user_id=view.other, ts=format_ts(view.ts),
+            await _send(crossings, view.user.encode(), CrossingRecord(
+                type="crossing", user_id=view.user, other_user_id=view.other, ts=at,
                 place=view.place, place_resolution=CROSSING.place_resolution, distance_band=view.distance_band,
                 emitted_at=now).to_bytes())
 
@@ -692,11 +747,8 @@ async def _window_one(event: faust.EventT, windows: TableBackedWindows, stage: s
         removed = windows.purge(msg.partition, set(body["purge"]))
         await _report_purge(body.get("user"), stage, removed, body)
         return
-    # A batch from an Outbox (columns) or a single record.
-    batch = body if "k" in body else {name: [value] for name, value in body.items() if name != "src"} | {
-        "o": [body["src"][2]], "src": body["src"][:2]}
-    topic, source = batch["src"]
-    for ts, key, member, offset in zip(batch["ts"], key_of(batch), batch["m"], batch["o"]):
+    topic, source = body["src"]  # a batch from an Outbox: columns
+    for ts, key, member, offset in zip(body["ts"], key_of(body), body["m"], body["o"]):
         if windows.add(msg.partition, ts, key, member, source=source) == "late":
             await _late_for_statistics(event, [topic, source, offset], ts)
     for window in windows.close(msg.partition):
@@ -781,7 +833,7 @@ async def audit_view(web, request):
         "consent_versions": sum(user in v for v in consent_versions.values()),
         "crossing_pairs": sum(len(c.partners_of(user)) for c in cooldowns.values()),
         "pending_receipts": int(user in pending_receipts),
-        "ingest_caches": int(user in _schedules) + sum(k[0] == user for k in _pseudonyms),
+        "ingest_caches": int(user in _schedules) + int(user in _tags) + sum(k[0] == user for k in _pseudonyms),
         "location_memberships": location_windows.memberships_of(members),
         "connection_memberships": connection_windows.memberships_of(members),
     }

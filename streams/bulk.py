@@ -22,13 +22,21 @@ Usage::
 
 A handler must not raise for bad data (quarantine it instead); an exception stops the worker,
 as an exception in a Faust agent does.
+
+Faust tables place a write by the event being processed (`table[key] = value` goes to the
+changelog partition of the current event). Inside a batch handler, wrap the work on one record
+in `with processing(tp, record):` so table writes land on that record's partition.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
@@ -102,3 +110,28 @@ def batch_agent(app: faust.App, topic: faust.TopicT) -> Callable[[Handler], Hand
         return handler
 
     return register
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class _RecordEvent:
+    """What Faust tables read from the current event: its message's topic, partition and offset."""
+
+    message: _Position
+
+
+@contextmanager
+def processing(tp: TP, record: Any) -> Iterator[None]:
+    """Make `record` (of partition tp) the current event for Faust tables while the block runs."""
+    event = _RecordEvent(_Position(tp.topic, tp.partition, record.offset))
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
