@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geo.crossings import CellDetector, CrossingParams, Fix, detect_crossings, route  # noqa: E402
+from geo.crossings import CellDetector, CrossingParams, Fix, PairCooldown, detect_crossings, route  # noqa: E402
 from geo.distance import EARTH_RADIUS_M, haversine_m  # noqa: E402
 from geo.oracle import brute_force_pairs  # noqa: E402
 
@@ -88,21 +88,38 @@ def balltree_pairs(df: pd.DataFrame, params: CrossingParams) -> set[tuple[str, s
     return set(zip(np.minimum(a, b), np.maximum(a, b)))
 
 
-def stream_memory(df: pd.DataFrame, params: CrossingParams, limit: int) -> tuple[float, int, float]:
-    """Feed the first `limit` pings through route + one CellDetector; (bytes/live ping, live pings, fixes/s)."""
-    det = CellDetector(params)
+def stream_memory(df: pd.DataFrame, params: CrossingParams, limit: int, batch: int = 500) -> dict:
+    """The first `limit` pings through route() and one CellDetector: memory per live ping and speed.
+
+    Timed separately (CPU seconds): route() per ping; add() one fix at a time; add_many() on the
+    fixes of `batch` pings at a time with a PairCooldown, as the worker's detect stage does.
+    """
     sub = df.iloc[:limit]
     t0 = time.process_time()
-    n_adds = 0
+    rows = []
     for row in sub.itertuples(index=False):
-        fix = Fix(row.user_id, row.ts, row.lat, row.lon, row.accuracy_m)
-        keys = route(fix, params)
-        for key, _home in keys:
-            det.add(fix, keys[0][0], key)
-            n_adds += 1
-    dt = time.process_time() - t0
+        acc = None if pd.isna(row.accuracy_m) else float(row.accuracy_m)
+        keys = route(Fix(row.user_id, float(row.ts), float(row.lat), float(row.lon), acc), params)
+        rows.append([(row.user_id, float(row.ts), float(row.lat), float(row.lon), acc, keys[0][0], key)
+                     for key, _ in keys])
+    t_route = time.process_time() - t0
+    fixes = [f for per_ping in rows for f in per_ping]
+    det = CellDetector(params)
+    t0 = time.process_time()
+    for user, ts, lat, lon, acc, home, key in fixes:
+        det.add(Fix(user, ts, lat, lon, acc), home, key)
+    t_add = time.process_time() - t0
     det.evict()
-    return det.memory_bytes() / max(1, det.live_pings), det.live_pings, limit / dt
+    many, cooldown = CellDetector(params), PairCooldown(params)
+    t0 = time.process_time()
+    for i in range(0, len(rows), batch):
+        part = [f for per_ping in rows[i : i + batch] for f in per_ping]
+        if part:
+            many.add_many(*zip(*part), cooldown=cooldown)
+    t_many = time.process_time() - t0
+    return {"bytes_per_live": det.memory_bytes() / max(1, det.live_pings), "live": det.live_pings,
+            "fixes": len(fixes), "route_pps": limit / t_route, "add_fps": len(fixes) / t_add,
+            "add_many_fps": len(fixes) / t_many}
 
 
 def main(argv=None) -> None:
@@ -146,9 +163,11 @@ def main(argv=None) -> None:
 
     for hours in sorted({args.hours, 24.0}):
         dense = df if hours == args.hours else generate_city(args.pings, args.users, hours=hours)
-        per_ping, live, fps = stream_memory(dense, params, args.stream_pings)
-        print(f"CellDetector at the {hours:g} h density, first {args.stream_pings:,} pings: {per_ping:.0f} bytes per live ping "
-              f"({live:,} live pings), {fps:,.0f} fixes/s through route+add (one process, all keys)")
+        m = stream_memory(dense, params, args.stream_pings)
+        print(f"CellDetector at the {hours:g} h density, first {args.stream_pings:,} pings ({m['fixes']:,} routed fixes): "
+              f"{m['bytes_per_live']:.0f} bytes per live ping ({m['live']:,} live pings); route {m['route_pps']:,.0f} pings/s; "
+              f"add one by one {m['add_fps']:,.0f} fixes/s; add_many (500-ping batches + cooldown, as the worker) "
+              f"{m['add_many_fps']:,.0f} fixes/s (x{m['add_many_fps'] / m['add_fps']:.1f})")
 
     if not args.quick:
         print("scaling, users x10 at fixed density (pings/user and pings/km2/h fixed):")
