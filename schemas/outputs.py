@@ -5,6 +5,7 @@ import base64
 import json
 from typing import Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 
@@ -50,6 +51,17 @@ class CrossingRecord(_Out):
     distance_band: str | None = None
     reason: str | None = None
     emitted_at: str
+
+
+def crossing_bytes(user_id: str, other_user_id: str, ts: str, place: str, place_resolution: int,
+                   distance_band: str, emitted_at: str) -> bytes:
+    """CrossingRecord(type="crossing", ...).to_bytes(), byte for byte, without building the model.
+
+    The pair stage writes two of these per reported crossing; a test holds the bytes equal.
+    """
+    return orjson.dumps({"type": "crossing", "user_id": user_id, "other_user_id": other_user_id, "ts": ts,
+                         "place": place, "place_resolution": place_resolution, "distance_band": distance_band,
+                         "emitted_at": emitted_at})
 
 
 class LocationStat(_Out):

@@ -34,10 +34,10 @@ from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
 from anonymizers.pseudonym import Pseudonymizer
 from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, erasure_tag, next_action, on_login
 from anonymizers.windows import recent_windows, window_start
-from geo.crossings import CellDetector, Crossing, CrossingParams, Fix, LateFix, PairCooldown, pair_key, route, split_pair_key
+from geo.crossings import CellDetector, CrossingParams, Fix, LateFix, PairCooldown, pair_key, route, split_pair_key
 from geo.zones import SensitiveZones
 from schemas.events import Limits, Reason, Rejection, decode, decode_ping_fast
-from schemas.outputs import ConnectionStat, CrossingRecord, DeadLetter, LocationStat, b64
+from schemas.outputs import ConnectionStat, CrossingRecord, DeadLetter, LocationStat, b64, crossing_bytes
 from schemas.timefmt import format_ts
 from streams.bulk import batch_agent, processing
 from streams.settings import get_settings, pseudonym_secret
@@ -606,40 +606,91 @@ def _recent_windows(now: float) -> list[float]:
 # Crossings: detect per spatial cell, then per pair (cooldown, consent), then per participant
 
 
-@app.agent(crossing_cells)
-async def detect(stream):
-    """Detect crossings among the pings of each spatial cell; late pings are dead-lettered."""
-    await _each_guarded(stream, _detect_one)
+@batch_agent(app, crossing_cells)
+async def detect(tp, records) -> None:
+    """Detect crossings among the pings of each spatial cell; late pings are dead-lettered.
+
+    Consecutive batches of one fetch are matched in one `add_many` call; a purge request is applied
+    in its place in the order. A message that cannot be read is quarantined and the stage goes on.
+    """
+    pending: list[tuple[object, dict]] = []
+    for record in records:
+        try:
+            body = orjson.loads(record.value)
+            if "purge" in body:
+                await _detect_batches(tp, pending)
+                pending = []
+                await _detect_purge(tp.partition, body)
+            else:
+                pending.append((record, _checked_batch(body)))
+        except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
+            await _quarantine_record(tp, record, exc)
+    await _detect_batches(tp, pending)
 
 
-async def _detect_one(event: faust.EventT) -> None:
-    msg = event.message
-    p = msg.partition
-    body = orjson.loads(msg.value)
+_CELL_COLUMNS = ("k", "o", "u", "ts", "lat", "lon", "acc", "h", "cv", "raw")
+
+
+def _checked_batch(body: dict) -> dict:
+    """A crossing-cells batch whose columns are all there and of one length (else ValueError)."""
+    n = len(body["k"])
+    if any(not isinstance(body[c], list) or len(body[c]) != n for c in _CELL_COLUMNS) or len(body["src"]) != 2:
+        raise ValueError("crossing-cells batch with missing or uneven columns")
+    return body
+
+
+def _detector_state(p: int) -> tuple[CellDetector, dict[str, float], PairCooldown]:
     detector = detectors.get(p)
     if detector is None:
         # Every geo-pings partition feeds every cell partition: the watermark waits for the slowest.
         detector = detectors[p] = CellDetector(CROSSING, ZONES, sources=range(P))
-    versions = consent_versions.setdefault(p, {})
     # The same cooldown rule, applied before repartitioning, keeps the pair topic small; the pair
     # stage still decides (a pair seen in several cells), and the set of pairs is unchanged.
-    local = local_cooldowns.setdefault(p, PairCooldown(CROSSING))
-    if "purge" in body:  # a purge request
-        local.purge_user(body["purge"])
-        removed = detector.purge_user(body["purge"])
-        versions.pop(body["purge"], None)
-        await _report_purge(body["purge"], "detector_pings", removed, body)
+    return detector, consent_versions.setdefault(p, {}), local_cooldowns.setdefault(p, PairCooldown(CROSSING))
+
+
+async def _detect_purge(p: int, body: dict) -> None:
+    detector, versions, local = _detector_state(p)
+    user = body["purge"]
+    local.purge_user(user)
+    removed = detector.purge_user(user)
+    versions.pop(user, None)
+    await _report_purge(user, "detector_pings", removed, body)
+
+
+async def _detect_batches(tp, pending: list[tuple[object, dict]]) -> None:
+    """Match several batches at once; if that fails, each on its own, quarantining the one that fails."""
+    if not pending:
         return
-    users, keys, homes = body["u"], body["k"], body["h"]
-    topic, source = body["src"]
+    bodies = [body for _, body in pending]
+    merged = {c: [v for body in bodies for v in body[c]] for c in _CELL_COLUMNS}
+    merged["src"] = [body["src"] for body in bodies for _ in body["k"]]
+    try:
+        await _detect_columns(tp.partition, merged)
+        return
+    except Exception as exc:
+        if len(pending) == 1:
+            await _quarantine_record(tp, pending[0][0], exc)
+            return
+    for record, body in pending:  # find the one that fails
+        try:
+            await _detect_columns(tp.partition, dict(body, src=[body["src"]] * len(body["k"])))
+        except Exception as exc:
+            await _quarantine_record(tp, record, exc)
+
+
+async def _detect_columns(p: int, body: dict) -> None:
+    """Run one (merged) batch of routed pings through partition p's detector and queue new pairs."""
+    detector, versions, local = _detector_state(p)
+    users, keys, homes, srcs = body["u"], body["k"], body["h"], body["src"]
     versions.update(zip(users, body["cv"]))
     results = detector.add_many(users, body["ts"], body["lat"], body["lon"], body["acc"], homes, keys,
-                                sources=[source] * len(users), cooldown=local)
+                                sources=[src[1] for src in srcs], cooldown=local)
     out = Outbox()
     for i, result in enumerate(results):
         if isinstance(result, LateFix):
             if homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
-                await _late(event, [topic, source, body["o"][i]], users[i], body["raw"][i],
+                await _late(crossing_cells, p, [*srcs[i], body["o"][i]], users[i], body["raw"][i],
                             f"ping ts={format_ts(result.fix.ts)} arrived after the crossing detector's "
                             f"watermark {format_ts(result.watermark)} (allowed lateness "
                             f"{CROSSING.lateness_s:.0f} s); it was not used for crossings")
@@ -655,14 +706,14 @@ async def _detect_one(event: faust.EventT) -> None:
         local.expire(detector.watermark - CROSSING.cooldown_s)
 
 
-async def _late(event: faust.EventT, src: list, user: str, raw_b64: str | None, message: str) -> None:
+async def _late(stage: faust.TopicT, p: int, src: list, user: str, raw_b64: str | None, message: str) -> None:
     """Dead-letter a ping that came too late for a stage, pointing at its original position."""
     topic, partition, offset = src
     await _dead_letter(topic, partition, offset, b64(user.encode()), raw_b64, Rejection(Reason.LATE_EVENT, message))
-    _count_stage(event, "late")
+    _count_stage(stage, p, "late")
 
 
-async def _late_for_statistics(event: faust.EventT, src: list, ts: float) -> None:
+async def _late_for_statistics(stage: faust.TopicT, p: int, src: list, ts: float) -> None:
     """Dead-letter an event whose statistics window had closed; its raw bytes stay in the input topic."""
     topic, partition, offset = src
     await _dead_letter(topic, partition, offset, None, None, Rejection(
@@ -670,15 +721,32 @@ async def _late_for_statistics(event: faust.EventT, src: list, ts: float) -> Non
         f"event ts={format_ts(ts)} arrived after its statistics window closed (allowed lateness "
         f"{settings.stats_lateness_s} s); it was not counted. The raw message is at this position of "
         f"{topic} (no user data is copied into statistics dead letters)"))
-    _count_stage(event, "late")
+    _count_stage(stage, p, "late")
 
 
-def _count_stage(event: faust.EventT, outcome: str) -> None:
-    msg = event.message
-    key = f"{msg.topic}/{msg.partition}"
+def _count_stage(stage: faust.TopicT, p: int, outcome: str) -> None:
+    """Count an outcome of a stage's partition p in the counters table (written at partition p)."""
+    key = f"{stage.get_topic_name()}/{p}"
     current = dict(counter_table.get(key) or {})
     current[outcome] = current.get(outcome, 0) + 1
-    counter_table[key] = current
+    counter_table.data[key] = current
+    counter_table.send_changelog(p, key, current)
+
+
+async def _quarantine_record(tp, record, exc: Exception) -> None:
+    """Dead-letter a record a batch stage failed on, raw bytes intact, so the stage goes on."""
+    await _dead_letter(tp.topic, tp.partition, record.offset, b64(record.key), b64(record.value),
+                       _processing_error(exc))
+
+
+async def _each_record(tp, records, handle) -> None:
+    """Run `handle(tp, record)` on each record as the current event; a failing one is quarantined."""
+    for record in records:
+        with processing(tp, record):  # table writes go to this record's partition
+            try:
+                await handle(tp, record)
+            except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
+                await _quarantine_record(tp, record, exc)
 
 
 def _cooldown_of(p: int) -> PairCooldown:
@@ -690,16 +758,15 @@ def _cooldown_of(p: int) -> PairCooldown:
     return cooldown
 
 
-@app.agent(crossing_pairs)
-async def report(stream):
+@batch_agent(app, crossing_pairs)
+async def report(tp, records) -> None:
     """Report each pair at most once per cooldown, one record per participant; retract on withdrawal."""
-    await _each_guarded(stream, _report_one)
+    await _each_record(tp, records, _report_one)
 
 
-async def _report_one(event: faust.EventT) -> None:
-    msg = event.message
-    p = msg.partition
-    body = orjson.loads(msg.value)
+async def _report_one(tp, record) -> None:
+    p = tp.partition
+    body = orjson.loads(record.value)
     cooldown = _cooldown_of(p)
     gone = revoked.setdefault(p, {})
     now = format_ts(time.time())
@@ -720,46 +787,43 @@ async def _report_one(event: faust.EventT) -> None:
         if gone and (cva <= gone.get(_tag(a), -1.0) or cvb <= gone.get(_tag(b), -1.0)):
             _tags.pop(a, None), _tags.pop(b, None)  # the user may be erased: keep no cached id
             continue  # computed from pings sent before a withdrawal that has already been applied
-        crossing = Crossing(a, b, ts, place, band)
-        if not cooldown.offer(crossing):
+        if not a < b:
+            raise ValueError(f"crossing-pairs record with users {a!r}, {b!r} not in order")
+        if not cooldown.offer_pair(a, b, ts):
             continue
-        pair_table[f"{p}|{crossing.pair_key}"] = crossing.ts
-        at = format_ts(crossing.ts)
-        for view in crossing.views():
-            await _send(crossings, view.user.encode(), CrossingRecord(
-                type="crossing", user_id=view.user, other_user_id=view.other, ts=at,
-                place=view.place, place_resolution=CROSSING.place_resolution, distance_band=view.distance_band,
-                emitted_at=now).to_bytes())
+        pair_table[f"{p}|{pair_key(a, b)}"] = ts
+        at = format_ts(ts)
+        for user, other in ((a, b), (b, a)):  # one record per participant, keyed by that participant
+            await _send(crossings, user.encode(),
+                        crossing_bytes(user, other, at, place, CROSSING.place_resolution, band, now))
 
 
 # ---------------------------------------------------------------------------
 # Statistics: distinct users per window, k-anonymized when the window closes
 
 
-async def _run_windows(stream, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
-    """Feed a statistics stream into its windows; purge on request, dead-letter late events, publish closed windows."""
-    await _each_guarded(stream, lambda event: _window_one(event, windows, stage, key_of, publish))
-
-
-async def _window_one(event: faust.EventT, windows: TableBackedWindows, stage: str, key_of, publish) -> None:
-    msg = event.message
-    body = orjson.loads(msg.value)
+async def _window_one(tp, record, stage: faust.TopicT, windows: TableBackedWindows, purged: str, key_of,
+                      publish) -> None:
+    """Feed one batch into a statistics stage's windows (or purge a member); publish windows that closed."""
+    p = tp.partition
+    body = orjson.loads(record.value)
     if "purge" in body:
-        removed = windows.purge(msg.partition, set(body["purge"]))
-        await _report_purge(body.get("user"), stage, removed, body)
+        removed = windows.purge(p, set(body["purge"]))
+        await _report_purge(body.get("user"), purged, removed, body)
         return
     topic, source = body["src"]  # a batch from an Outbox: columns
     for ts, key, member, offset in zip(body["ts"], key_of(body), body["m"], body["o"]):
-        if windows.add(msg.partition, ts, key, member, source=source) == "late":
-            await _late_for_statistics(event, [topic, source, offset], ts)
-    for window in windows.close(msg.partition):
+        if windows.add(p, ts, key, member, source=source) == "late":
+            await _late_for_statistics(stage, p, [topic, source, offset], ts)
+    for window in windows.close(p):
         await publish(window)
 
 
-@app.agent(stats_cells)
-async def aggregate_locations(stream):
+@batch_agent(app, stats_cells)
+async def aggregate_locations(tp, records) -> None:
     """Count distinct partner-sharing users per H3 cell and window; publish k-anonymized cells."""
-    await _run_windows(stream, location_windows, "location_memberships", lambda b: b["cell"], _publish_locations)
+    await _each_record(tp, records, lambda tp_, record: _window_one(
+        tp_, record, stats_cells, location_windows, "location_memberships", lambda b: b["cell"], _publish_locations))
 
 
 async def _publish_locations(window) -> None:
@@ -773,11 +837,12 @@ async def _publish_locations(window) -> None:
             resolution=row.resolution, users=row.users, k=KANON.k, noisy=DP is not None).to_bytes())
 
 
-@app.agent(stats_connections)
-async def aggregate_connections(stream):
+@batch_agent(app, stats_connections)
+async def aggregate_connections(tp, records) -> None:
     """Count distinct users per technical-data group and window; publish groups with >= k users."""
-    await _run_windows(stream, connection_windows, "connection_memberships", lambda b: [SEP.join(g) for g in b["g"]],
-                       _publish_connections)
+    await _each_record(tp, records, lambda tp_, record: _window_one(
+        tp_, record, stats_connections, connection_windows, "connection_memberships",
+        lambda b: [SEP.join(g) for g in b["g"]], _publish_connections))
 
 
 async def _publish_connections(window) -> None:

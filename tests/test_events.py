@@ -208,3 +208,19 @@ def test_fast_ping_decode_takes_every_well_formed_ping(user, ts, lat, lon, acc):
     fast = decode_ping_fast(raw, Limits(), NOW, key=user.encode())
     assert fast is not None
     assert fast == _fields(decode("ping", raw, Limits(), now=NOW, key=user.encode()))
+
+
+# The pair stage writes crossing records without pydantic; the bytes must be the model's.
+from schemas.outputs import CrossingRecord, crossing_bytes  # noqa: E402
+
+user_ids = st.from_regex(r"[A-Za-z0-9._:@-]{1,128}", fullmatch=True)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(user=user_ids, other=user_ids, ts=st.integers(1_700_000_000, 1_800_000_000), place=st.text(max_size=20),
+       resolution=st.integers(0, 15), band=st.text(max_size=12))
+def test_crossing_bytes_equal_the_model(user, other, ts, place, resolution, band):
+    at = format_ts(ts)
+    expected = CrossingRecord(type="crossing", user_id=user, other_user_id=other, ts=at, place=place,
+                              place_resolution=resolution, distance_band=band, emitted_at=at).to_bytes()
+    assert crossing_bytes(user, other, at, place, resolution, band, at) == expected
