@@ -6,8 +6,8 @@ its accuracy_m is missing or <= max_accuracy_m. A crossing is never reported
 when either ping or the midpoint of the two lies inside a sensitive zone.
 
 The batch form (detect_crossings) and the streaming form (route + CellDetector)
-share the exact test (_match) and the report builder (_describe), so both agree
-with geo.oracle.brute_force_pairs bit for bit.
+share the exact test (_match), so both agree with geo.oracle.brute_force_pairs
+bit for bit.
 """
 
 from __future__ import annotations
@@ -715,40 +715,8 @@ class CellDetector:
 
     def add(self, fix: Fix, home_key: str, key: str, source: Hashable | None = None) -> list[Crossing] | LateFix:
         """Match a fix against the live pings of key, store it, and return the new crossings."""
-        p = self.params
-        if not (-90.0 <= fix.lat <= 90.0) or not (-180.0 <= fix.lon <= 180.0):
-            raise ValueError(f"lat={fix.lat!r}, lon={fix.lon!r} is outside [-90, 90] x [-180, 180]")
-        if not math.isfinite(fix.ts):
-            raise ValueError(f"ts={fix.ts!r} is not a finite epoch-seconds value")
-        is_home = home_key == key
-        if not is_home and home_key > key:
-            raise ValueError(f"home_key={home_key!r} > key={key!r}: route() only sends guests to greater keys")
-        if fix.ts < self.watermark:
-            return LateFix(fix, self.watermark)
-        self.max_ts = max(self.max_ts, fix.ts)
-        if source is not None and source in self._source_max:
-            self._source_max[source] = max(self._source_max[source], fix.ts)
-        if fix.accuracy_m is not None and fix.accuracy_m > p.max_accuracy_m:
-            return []
-        if self.zones and self.zones.contains(fix.lat, fix.lon):
-            return []
-        uid = self._intern(fix.user_id)
-        c = float(cos_lat(fix.lat))
-        state = self._keys.get(key)
-        if state is None:
-            state = self._keys[key] = _KeyState()
-        found: list[Crossing] = []
-        if state.n:
-            v = state.view()
-            mask, d = _match(fix.ts, fix.lat, fix.lon, c, uid, v[_TS], v[_LAT], v[_LON], v[_COS], v[_UID], p)
-            if not is_home:
-                mask &= v[_HOME] > 0  # guest-guest pairs belong to another key
-            idx = np.flatnonzero(mask)
-            if idx.size:
-                found = self._describe(fix, v[:, idx], d[idx])
-        horizon = self.watermark - p.window_s - _HORIZON_SLACK_S
-        state.append(np.array([fix.ts, fix.lat, fix.lon, c, uid, 1.0 if is_home else 0.0]), horizon)
-        return found
+        return self.add_many([fix.user_id], [fix.ts], [fix.lat], [fix.lon], [fix.accuracy_m], [home_key], [key],
+                             sources=None if source is None else [source])[0]
 
     def add_many(self, users: Sequence[str], ts: Sequence[float], lat: Sequence[float], lon: Sequence[float],
                  accuracy: Sequence[float | None], homes: Sequence[str], keys: Sequence[str],
@@ -931,17 +899,6 @@ class CellDetector:
             x, y = users[ua], users[ub]
             out.append(Crossing(*((x, y) if x < y else (y, x)), ta if ta > tb else tb,
                                 latlng_to_cell(la, lo, res), band))
-        return out
-
-    def _describe(self, fix: Fix, other: np.ndarray, d: np.ndarray) -> list[Crossing]:
-        mlat, mlon, ok = _outside_zones(fix.lat, fix.lon, other[_LAT], other[_LON], self.zones)
-        bands = distance_bands(d, self.params)
-        out = []
-        for k in np.flatnonzero(ok):
-            o = self._users[int(other[_UID, k])]
-            a, b = (fix.user_id, o) if fix.user_id < o else (o, fix.user_id)
-            ts = max(fix.ts, float(other[_TS, k]))
-            out.append(Crossing(a, b, ts, place_of(mlat[k], mlon[k], self.params), bands[k]))
         return out
 
     def pings_of(self, user_id: str) -> int:
