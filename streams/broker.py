@@ -200,7 +200,9 @@ def start(settings: Settings, timeout_s: float = 120.0, quiet: bool = False) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             paths.pidfile.unlink(missing_ok=True)
-            raise BrokerError(f"broker exited with code {proc.returncode}; last log lines:\n{_tail(paths)}")
+            raise BrokerError(f"broker exited with code {proc.returncode}; last log lines:\n{_tail(paths)}\n"
+                              f"If its data in {paths.root} is damaged or holds too many partitions "
+                              f"('Too many open files'), `crosspaths broker reset` deletes it and starts over.")
         if reachable(bootstrap, timeout_s=2.0):
             return f"broker started (pid {proc.pid}) on {bootstrap}; data in {paths.root}"
         time.sleep(0.5)

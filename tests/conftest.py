@@ -22,6 +22,10 @@ def kafka_bootstrap():
     local = Settings(broker_port=TEST_BROKER_PORT, controller_port=TEST_BROKER_PORT + 1,
                      bootstrap_servers=f"127.0.0.1:{TEST_BROKER_PORT}")
     started = broker.running_pid(local) is None
+    if started:
+        # A fresh broker per session: topics of earlier sessions (every test makes its own) would
+        # pile up in the broker's data until it runs out of file descriptors.
+        broker.reset(local)
     try:
         print(broker.start(local, timeout_s=180))
     except broker.BrokerError as exc:
