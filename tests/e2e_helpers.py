@@ -46,7 +46,7 @@ def running_workers(settings: Settings, count: int = 1):
 def wait_group_stable(settings: Settings, members: int, timeout_s: float = 90) -> None:
     """Wait until the workers' consumer group is Stable with `members` members (rebalance done)."""
     from kafka.admin import KafkaAdminClient
-    from kafka.errors import CoordinatorNotAvailableError
+    from kafka.errors import KafkaError
 
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     deadline = time.monotonic() + timeout_s
@@ -54,8 +54,10 @@ def wait_group_stable(settings: Settings, members: int, timeout_s: float = 90) -
         while True:
             try:
                 group = admin.describe_groups([settings.app_id]).get(settings.app_id, {})
-            except CoordinatorNotAvailableError:  # a fresh broker is still creating __consumer_offsets
-                group = {"group_state": "no coordinator yet"}
+            except KafkaError as exc:  # e.g. a fresh broker still creating __consumer_offsets
+                if not exc.retriable:
+                    raise
+                group = {"group_state": f"not answered yet ({type(exc).__name__})"}
             if group.get("group_state") == "Stable" and len(group.get("members", [])) == members:
                 time.sleep(1)
                 return
