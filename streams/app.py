@@ -108,11 +108,6 @@ pending_counts: dict[tuple[str, int], dict] = {}
 dirty_counts: set[tuple[str, int]] = set()
 
 
-def _count(event: faust.EventT, outcome: str) -> None:
-    """Count one received message of the current event's topic-partition by outcome."""
-    _count_at(event.message.topic, event.message.partition, outcome)
-
-
 def _count_at(topic: str, partition: int, outcome: str, n: int = 1) -> None:
     """Count n received messages of a topic-partition with this outcome."""
     slot = (topic, partition)
@@ -168,12 +163,6 @@ async def _dead_letter_event(event: faust.EventT, rejection: Rejection) -> None:
     """Dead-letter the current message itself, raw key and value intact."""
     msg = event.message
     await _dead_letter(msg.topic, msg.partition, msg.offset, b64(msg.key), b64(msg.value), rejection)
-
-
-async def _reject(event: faust.EventT, rejection: Rejection) -> None:
-    """Send one rejected input message to dead-letters, raw bytes intact, and count it."""
-    await _dead_letter_event(event, rejection)
-    _count(event, "rejected")
 
 
 def _processing_error(exc: Exception) -> Rejection:
@@ -268,42 +257,54 @@ def _consent_of(user_id: str) -> Consent | None:
 # Ingest
 
 
-@app.agent(consents)
-async def ingest_consents(stream):
-    """Validate consent records and keep each user's current consent in the table; erase on deletion."""
-    async for event in stream.events():
-        msg = event.message
-        if msg.value is None:
-            _count(event, "accepted")  # a tombstone (written after an erasure): compaction only
-            continue
-        record = decode("consent", msg.value, LIMITS, key=msg.key)
-        if isinstance(record, Rejection):
-            await _reject(event, record)
-            continue
-        if _is_erased(record.user_id):
-            _count(event, "dropped_consent")
-            # Keep the compacted topic clean: a record sent after the erasure gets its own tombstone.
-            await consents.send(key=record.user_id.encode(), value=None)
-            continue
-        consent = Consent(
-            user_id=record.user_id, updated_at=record.updated_at, geolocation=record.geolocation,
-            crossings=record.crossings, partner_sharing=record.partner_sharing, deleted=record.deleted,
+@batch_agent(app, consents, first=True)
+async def ingest_consents(tp, records) -> None:
+    """Validate consent records and keep each user's current consent in the table; erase on deletion.
+
+    Handled before the pings and logs fetched at the same time, so that a consent sent before a
+    ping is applied before that ping is judged, even when the worker works through a backlog.
+    """
+    for record in records:
+        with processing(tp, record):  # table writes go to this record's partition
+            try:
+                outcome = await _ingest_consent(record)
+            except Exception as exc:  # a bug must not stop the worker: keep the message for replay
+                outcome = _processing_error(exc)
+        if isinstance(outcome, Rejection):
+            await _reject_record(tp, record, outcome)
+        else:
+            _count_at(tp.topic, tp.partition, outcome)
+
+
+async def _ingest_consent(record) -> str | Rejection:
+    """Apply one consent record: its outcome ("accepted", "dropped_consent") or why it is rejected."""
+    if record.value is None:
+        return "accepted"  # a tombstone (written after an erasure): compaction only
+    decoded = decode("consent", record.value, LIMITS, key=record.key)
+    if isinstance(decoded, Rejection):
+        return decoded
+    if _is_erased(decoded.user_id):
+        # Keep the compacted topic clean: a record sent after the erasure gets its own tombstone.
+        await consents.send(key=decoded.user_id.encode(), value=None)
+        return "dropped_consent"
+    consent = Consent(
+        user_id=decoded.user_id, updated_at=decoded.updated_at, geolocation=decoded.geolocation,
+        crossings=decoded.crossings, partner_sharing=decoded.partner_sharing, deleted=decoded.deleted,
+    )
+    previous = _consent_of(consent.user_id)
+    if previous is not None and previous.updated_at > consent.updated_at:
+        # An older state arriving late never overrides a newer one.
+        return Rejection(
+            Reason.LATE_EVENT,
+            f"updated_at={format_ts(consent.updated_at)} is older than the recorded consent "
+            f"({format_ts(previous.updated_at)}); send the user's current state",
         )
-        previous = _consent_of(consent.user_id)
-        if previous is not None and previous.updated_at > consent.updated_at:
-            # An older state arriving late never overrides a newer one.
-            await _reject(event, Rejection(
-                Reason.LATE_EVENT,
-                f"updated_at={format_ts(consent.updated_at)} is older than the recorded consent "
-                f"({format_ts(previous.updated_at)}); send the user's current state",
-            ))
-            continue
-        _count(event, "accepted")
-        if consent.deleted:
-            await _erase(consent.user_id, "account_deleted", consent.updated_at)
-            continue
+    if consent.deleted:
+        await _erase(consent.user_id, "account_deleted", consent.updated_at)
+    else:
         consent_table[consent.user_id] = consent.to_dict()
         await _apply_consent_change(previous, consent)
+    return "accepted"
 
 
 @batch_agent(app, geo_pings)

@@ -55,7 +55,9 @@ class BatchConsumer(AIOKafkaConsumer):
         if not records or not handlers:
             return records, active
         generation = self.app.consumer_generation_id
-        for tp in [tp for tp in records if tp.topic in handlers]:
+        first = getattr(self.app, "_batch_first", set())
+        # Topics registered with first=True go before the rest of the same fetch (stable otherwise).
+        for tp in sorted((tp for tp in records if tp.topic in handlers), key=lambda tp: tp.topic not in first):
             batch = records.pop(tp)  # never reaches the per-message path
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 continue  # rebalancing: not acked, so read again from the committed offset
@@ -97,15 +99,21 @@ def install(app: faust.App) -> None:
     app.transport.Consumer = BatchConsumer
     if not hasattr(app, "_batch_handlers"):
         app._batch_handlers = {}
+        app._batch_first = set()
 
 
-def batch_agent(app: faust.App, topic: faust.TopicT) -> Callable[[Handler], Handler]:
-    """Register `handler(tp, records)` for every record of `topic`; Faust still subscribes and assigns it."""
+def batch_agent(app: faust.App, topic: faust.TopicT, first: bool = False) -> Callable[[Handler], Handler]:
+    """Register `handler(tp, records)` for every record of `topic`; Faust still subscribes and assigns it.
+
+    first: handle this topic's records before those of other topics fetched at the same time.
+    """
 
     def register(handler: Handler) -> Handler:
         install(app)
         for name in topic.topics:
             app._batch_handlers[name] = handler
+            if first:
+                app._batch_first.add(name)
         app.topics.add(topic)
         return handler
 

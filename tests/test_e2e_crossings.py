@@ -11,6 +11,7 @@ import pytest
 from geo.crossings import CrossingParams
 from geo.oracle import brute_force_pairs
 from schemas.timefmt import format_ts
+from streams.report import read_counters
 from tests.e2e_helpers import consume_all, producer, running_workers, send_json, wait_received
 
 pytestmark = pytest.mark.e2e
@@ -155,3 +156,43 @@ def test_worker_survives_garbage_on_every_topic(pipeline_settings):
     assert sorted({d["source_topic"] for d in quarantined}) == sorted(s.topic(n) for n in internal)
     assert len(quarantined) == 2 * len(internal)
     assert {d["reason"] for d in letters if d not in quarantined} == {"not_json"}
+
+
+def test_consents_sent_before_pings_apply_to_them_in_a_backlog(pipeline_settings):
+    """A worker that starts on a backlog applies each consent before the pings sent after it.
+
+    Pings are far more numerous and go through faster paths than consents; without consents first,
+    the pings of users who had opted out would be judged by the default consent and used.
+    """
+    from streams.topics import create_topics
+
+    s = pipeline_settings
+    create_topics(s)
+    prod = producer(s)
+    t0 = time.time() - 1800
+    users = [f"user-{i:03d}" for i in range(40)]
+    off = {u: ("geolocation" if i % 4 == 0 else "crossings") for i, u in enumerate(users) if i % 2 == 0}
+    for u in users:  # every user's consent first: half of them opted out of geolocation or crossings
+        doc = {"user_id": u, "updated_at": format_ts(t0 - 60)}
+        if u in off:
+            doc[off[u]] = False
+        send_json(prod, s.topic("consents"), u, doc)
+    prod.flush()
+    spot = (48.8566, 2.3522)
+    pings = [{"user_id": u, "ts": int((t0 + k * 60) * 1000), "lat": spot[0] + j * 2e-5, "lon": spot[1],
+              "accuracy_m": 5.0} for k in range(10) for j, u in enumerate(users)]
+    for doc in pings:
+        send_json(prod, s.topic("geo-pings"), doc["user_id"], doc)
+    prod.flush()
+
+    with running_workers(s, count=1):
+        wait_received(s, {"consents": len(users), "geo-pings": len(pings)})
+        expected_pairs = {(a, b) for a in users for b in users if a < b and a not in off and b not in off}
+        records = _wait_for(s, lambda recs: expected_pairs <= set(reported_pairs(recs)))
+        counters = read_counters(s)
+
+    assert set(reported_pairs(records)) == expected_pairs, "only users without an opt-out cross"
+    assert all({d["user_id"], d.get("other_user_id")}.isdisjoint(off) for d in map(json.loads, (r.value for r in records))
+               if d["type"] == "crossing")
+    no_geolocation = sum(1 for u in off if off[u] == "geolocation")
+    assert counters.topics["geo-pings"].dropped_consent == 10 * no_geolocation
