@@ -63,6 +63,11 @@ class BatchConsumer(AIOKafkaConsumer):
                 continue  # rebalancing: not acked, so read again from the committed offset
             if not (active is None or tp in active or tp in self._buffered_partitions):
                 continue  # paused (e.g. its tables are recovering): fetched again when resumed
+            read = self._read_offset[tp]
+            if read is not None and batch[0].offset < read:
+                batch = [record for record in batch if record.offset >= read]  # as Faust drops them
+                if not batch:
+                    continue
             await handlers[tp.topic](tp, batch)
             await self._ack_batch(tp, batch)
         return records, active
@@ -77,8 +82,6 @@ class BatchConsumer(AIOKafkaConsumer):
         n = 0
         for record in batch:
             offset = record.offset
-            if read is not None and offset < read:
-                continue  # already seen (re-fetched after a seek)
             if read and offset - read > 1:
                 await self._add_gap(tp, read + 1, offset)  # compaction or transaction markers
             read = offset
