@@ -264,10 +264,15 @@ async def ingest_consents(tp, records) -> None:
     Handled before the pings and logs fetched at the same time, so that a consent sent before a
     ping is applied before that ping is judged, even when the worker works through a backlog.
     """
+    await _ingest_each(tp, records, _ingest_consent)
+
+
+async def _ingest_each(tp, records, ingest) -> None:
+    """Run `ingest(record)` on each input record as the current event; count its outcome or dead-letter it."""
     for record in records:
         with processing(tp, record):  # table writes go to this record's partition
             try:
-                outcome = await _ingest_consent(record)
+                outcome = await ingest(record)
             except Exception as exc:  # a bug must not stop the worker: keep the message for replay
                 outcome = _processing_error(exc)
         if isinstance(outcome, Rejection):
@@ -358,16 +363,7 @@ def _ingest_ping(record, now: float, out: "Outbox") -> bool | Rejection:
 async def ingest_connection_logs(tp, records) -> None:
     """Validate connection logs; logs of deleted accounts are dropped."""
     out = Outbox(tp.topic, tp.partition)
-    for record in records:
-        with processing(tp, record):  # table writes go to this record's partition
-            try:
-                outcome = await _ingest_connection_log(tp, record, out)
-            except Exception as exc:  # a bug must not stop the worker: keep the message for replay
-                outcome = _processing_error(exc)
-        if isinstance(outcome, Rejection):
-            await _reject_record(tp, record, outcome)
-        else:
-            _count_at(tp.topic, tp.partition, outcome)
+    await _ingest_each(tp, records, lambda record: _ingest_connection_log(tp, record, out))
     await out.flush()
 
 
