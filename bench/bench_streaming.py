@@ -110,6 +110,26 @@ def web_received(port: int) -> dict[str, int]:
     return dict(out)
 
 
+def web_batches(port: int) -> dict[str, dict]:
+    """The worker's time per batch topic (its /batches/ page): busy_s, records, calls since start."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/batches/", timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return {}
+
+
+def stage_split(before: dict, after: dict, wall: float) -> str:
+    """Share of wall-clock time and µs per record of each stage between two /batches/ snapshots."""
+    parts = []
+    for topic, a in sorted(after.items()):
+        b = before.get(topic, {"busy_s": 0.0, "records": 0})
+        busy, n = a["busy_s"] - b["busy_s"], a["records"] - b["records"]
+        name = topic.rsplit(".", 1)[-1]
+        parts.append(f"{name} {busy / wall:.0%}" + (f" ({busy / n * 1e6:,.1f} µs/msg)" if n and "(" not in name else ""))
+    return ", ".join(parts)
+
+
 def group_lag(settings: Settings, names: list[str]) -> int:
     """Committed-offset lag of the worker's consumer group summed over topics `names`."""
     from kafka import KafkaConsumer, TopicPartition
@@ -191,6 +211,7 @@ def run_backlog(settings: Settings, args, port: int, log: Path, out: dict):
         done = sum(min(got.get(t, 0), n) for t, n in produced.items())
         if t_first is None and done > 0:
             t_first = now
+            out["batches0"] = web_batches(port)
             load = Load(proc.pid).__enter__()  # measure the drain only
             if args.profile_seconds and args.profile_phase == "backlog":
                 prof = start_profile(proc.pid, args.profile_seconds, args.profile_out)
@@ -217,6 +238,7 @@ def run_backlog(settings: Settings, args, port: int, log: Path, out: dict):
         lag = group_lag(settings, internal + list(INPUTS))
         if lag == 0:
             t_lag = time.perf_counter()
+            out["stages"] = stage_split(out["batches0"], web_batches(port), t_lag - t_first)
             break
         time.sleep(0.5)
     counters = read_counters(settings)  # the changelog, as `crosspaths stats counters` reads it
@@ -239,8 +261,9 @@ def start_profile(pid: int, seconds: int, path: str) -> subprocess.Popen | None:
         print("    py-spy not found; no profile")
         return None
     print(f"    py-spy recording the worker for {seconds} s -> {path}")
+    idle = ["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []  # also where the loop waits
     return subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", path,
-                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--nonblocking", *idle], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def top_frames(path: str, n: int = 10) -> list[tuple[float, float, str]]:
@@ -264,27 +287,37 @@ def top_frames(path: str, n: int = 10) -> list[tuple[float, float, str]]:
 
 # --------------------------------------------------------------------------- (b) latency
 def crossing_listener(bootstrap: str, topic: str, tag: str, ready, stop, results) -> None:
-    """Child process: record (user, other, arrival wall-clock, emitted_at) of our crossing records."""
-    from kafka import KafkaConsumer, TopicPartition
+    """Child process: record (user, other, arrival wall-clock, emitted_at, ...) of our crossing records."""
+    asyncio.run(_listen(bootstrap, topic, tag, ready, stop, results))
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             fetch_max_wait_ms=20, client_id="bench-crossings")
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+async def _listen(bootstrap: str, topic: str, tag: str, ready, stop, results) -> None:
+    # aiokafka + orjson: at 10k pings/s there are 10k crossing records/s to read, and a kafka-python
+    # consumer with json.loads took a third of a core doing it, next to the worker being measured
+    import orjson
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=20, client_id="bench-crossings")
+    await consumer.start()
+    cluster = await consumer._client.fetch_all_metadata()
+    tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
     consumer.assign(tps)
-    consumer.seek_to_end(*tps)
+    await consumer.seek_to_end(*tps)
     for tp in tps:
-        consumer.position(tp)
+        await consumer.position(tp)
     ready.set()
     seen = []
     stop_at = None
+    needle = tag.encode()
     while True:
-        batch = consumer.poll(timeout_ms=50)
+        batch = await consumer.getmany(timeout_ms=50)
         now = time.time()
         for records in batch.values():
             for rec in records:
-                if tag.encode() not in rec.value:
+                if needle not in rec.value:
                     continue
-                doc = json.loads(rec.value)
+                doc = orjson.loads(rec.value)
                 if doc.get("type") == "crossing":
                     seen.append((doc["user_id"], doc["other_user_id"], now, doc.get("emitted_at"), doc.get("ts"),
                                  doc.get("place"), doc.get("distance_band")))
@@ -292,13 +325,85 @@ def crossing_listener(bootstrap: str, topic: str, tag: str, ready, stop, results
             stop_at = stop_at or time.monotonic()
             if time.monotonic() - stop_at > 5 and not batch:
                 break
-    consumer.close()
+    await consumer.stop()
     results.put(seen)
 
 
-def run_latency(settings: Settings, rate: int, seconds: float, port: int, worker_pid: int, args) -> dict:
-    from kafka import KafkaProducer
+async def produce_pairs(settings: Settings, rate: int, seconds: float, tag: str, port: int, base: int,
+                        grid_base: int):
+    """Produce pairs of crossing pings at `rate` pings/s for `seconds`; returns what was sent when.
 
+    aiokafka batches built by hand (one per partition every 5 ms tick), partitioned like Kafka's
+    default partitioner: ~10 µs per message, so the load generator leaves the worker its core
+    (kafka-python's send() cost ~70 µs per message and took ~0.7 core at 10k/s).
+    """
+    from aiokafka import AIOKafkaProducer
+    from kafka.partitioner.default import murmur2
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=0,
+                                max_batch_size=1024 * 1024, client_id="bench-latency")
+    await producer.start()
+    topic = settings.topic("geo-pings")
+    parts = sorted(await producer.partitions_for(topic))
+    rng = random.Random(rate)
+    sent_b: dict[str, float] = {}  # pair id -> produce wall-clock of its second ping
+    spots: dict[str, tuple] = {}
+    sent = 0
+    backlog_samples = []
+    t0 = time.perf_counter()
+    next_sample = 1.0
+    tick = 0.005
+    try:
+        while True:
+            el = time.perf_counter() - t0
+            if el >= seconds:
+                break
+            due = int(el * rate) // 2 * 2
+            batches: dict[int, object] = {}
+            pending: list[tuple[str, float]] = []
+            while sent < due:
+                i = sent // 2
+                pid = f"{tag}-{i}"
+                # each pair on its own node of a ~1.1 km grid (36..58 N, 8 W..28 E), numbered across
+                # phases: pairs never meet, not even those of an earlier rate still in the window
+                g = grid_base + i
+                lat = 36.0 + (g // 2400) % 2000 * 0.01 + rng.uniform(0, 0.001)
+                lon = -8.0 + (g % 2400) * 0.015 + rng.uniform(0, 0.001)
+                ts_ms = int(time.time() * 1000)
+                for user, dlat in ((f"{pid}-a", 0.0), (f"{pid}-b", 0.00002)):
+                    key = user.encode()
+                    part = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+                    batch = batches.get(part)
+                    if batch is None:
+                        batch = batches[part] = producer.create_batch()
+                    batch.append(key=key, timestamp=None, value=json.dumps(
+                        {"user_id": user, "ts": ts_ms, "lat": round(lat + dlat, 6), "lon": round(lon, 6),
+                         "accuracy_m": 10.0}, separators=(",", ":")).encode())
+                pending.append((pid, 0.0))
+                spots[pid] = (round(lat, 6), round(lon, 6), ts_ms)
+                sent += 2
+            for part, batch in batches.items():
+                batch.close()
+                await producer.send_batch(batch, topic, partition=part)
+            t_b = time.time()  # the batches are handed to the producer: the pair's second ping leaves now
+            for pid, _ in pending:
+                sent_b[pid] = t_b
+            if el >= next_sample:
+                try:
+                    got = web_received(port).get("geo-pings", 0) - base
+                except OSError:
+                    got = -1
+                backlog_samples.append((round(el, 1), sent, sent - got))
+                next_sample += 1.0
+            await asyncio.sleep(tick)
+        await producer.flush()
+    finally:
+        t_prod = time.perf_counter() - t0
+        await producer.stop()
+    return sent, t_prod, sent_b, spots, backlog_samples
+
+
+def run_latency(settings: Settings, rate: int, seconds: float, port: int, worker_pid: int, args) -> dict:
     from schemas.timefmt import parse_ts
 
     tag = f"lat{rate}x{int(time.time()) % 100000}"
@@ -310,59 +415,16 @@ def run_latency(settings: Settings, rate: int, seconds: float, port: int, worker
     if not ready.wait(60):
         raise RuntimeError("crossings listener did not start")
     base = web_received(port).get("geo-pings", 0)
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5, acks=1,
-                             batch_size=256 * 1024, client_id="bench-latency")
-    topic = settings.topic("geo-pings")
-    rng = random.Random(rate)
-    sent_b: dict[str, float] = {}  # pair id -> produce wall-clock of its second ping
-    spots: dict[str, tuple] = {}
-    sent = 0
-    backlog_samples = []
     prof = None
     if args.profile_seconds and args.profile_phase == "latency" and not getattr(args, "_profiled", False):
         args._profiled = True
         prof = start_profile(worker_pid, args.profile_seconds, args.profile_out)
-    t0 = time.perf_counter()
-    next_sample = 1.0
-    tick = 0.005
+    batches0 = web_batches(port)
     with Load(worker_pid) as ld:
-        while True:
-            el = time.perf_counter() - t0
-            if el >= seconds:
-                break
-            due = int(el * rate) // 2 * 2
-            while sent < due:
-                i = sent // 2
-                pid = f"{tag}-{i}"
-                # each pair on its own node of a ~1.1 km grid (36..58 N, 8 W..28 E), numbered across
-                # phases: pairs never meet, not even those of an earlier rate still in the window
-                g = args.grid_base + i
-                lat = 36.0 + (g // 2400) % 2000 * 0.01 + rng.uniform(0, 0.001)
-                lon = -8.0 + (g % 2400) * 0.015 + rng.uniform(0, 0.001)
-                ts_ms = int(time.time() * 1000)
-                a, b = f"{pid}-a", f"{pid}-b"
-                producer.send(topic, key=a.encode(), value=json.dumps(
-                    {"user_id": a, "ts": ts_ms, "lat": round(lat, 6), "lon": round(lon, 6),
-                     "accuracy_m": 10.0}, separators=(",", ":")).encode())
-                t_b = time.time()
-                producer.send(topic, key=b.encode(), value=json.dumps(
-                    {"user_id": b, "ts": ts_ms, "lat": round(lat + 0.00002, 6), "lon": round(lon, 6),
-                     "accuracy_m": 10.0}, separators=(",", ":")).encode())
-                sent_b[pid] = t_b
-                spots[pid] = (round(lat, 6), round(lon, 6), ts_ms)
-                sent += 2
-            if el >= next_sample:
-                try:
-                    got = web_received(port).get("geo-pings", 0) - base
-                except OSError:
-                    got = -1
-                backlog_samples.append((round(el, 1), sent, sent - got))
-                next_sample += 1.0
-            time.sleep(tick)
-        producer.flush()
+        sent, t_prod, sent_b, spots, backlog_samples = asyncio.run(
+            produce_pairs(settings, rate, seconds, tag, port, base, args.grid_base))
+    stages = stage_split(batches0, web_batches(port), ld.wall)
     args.grid_base += sent // 2
-    t_prod = time.perf_counter() - t0
-    producer.close()
     # drain: wait until the worker has received everything we sent, then until no stage has lag
     t_stop = time.perf_counter()
     drained = settled = None
@@ -407,7 +469,7 @@ def run_latency(settings: Settings, rate: int, seconds: float, port: int, worker
         "rate": rate, "seconds": seconds, "sent": sent, "achieved_rate": sent / t_prod, "pairs": len(sent_b),
         "found": len(first), "foreign": foreign, "lat": lat, "proc_lat": proc_lat, "drained": drained,
         "settled": settled, "left": sent - got,
-        "backlog": backlog_samples, "load": ld,
+        "backlog": backlog_samples, "load": ld, "stages": stages,
     }
 
 
@@ -485,6 +547,7 @@ def main() -> None:
                 rows.append(("(a) first -> no group lag on any topic (all stages)",
                              f"{full:.1f} s -> {pings / full:,.0f} pings/s, ratio {pings / full / raw:.4f} "
                              "(committed offsets; +<=1 s commit interval)"))
+                rows.append(("(a) worker loop time by stage (until no lag)", out["stages"]))
             rows.append(("(a) counters via read_counters (changelog)",
                          ("all received" if out["changelog_ok"] else "NOT all received") +
                          f" {out['changelog_wait']:.1f} s after the group had no lag, " +
@@ -526,6 +589,7 @@ def main() -> None:
                          f"backlog grew {(smp[-1][2] - smp[0][2]) / dt:,.0f} pings/s; worker received "
                          f"{recv:,.0f} pings/s"))
         rows.append((name + ": load", r["load"].describe()))
+        rows.append((name + ": worker loop time by stage", r["stages"]))
     rows.append(("(c) worker peak RSS (VmHWM) / RSS at end", f"{hwm:.0f} / {rss:.0f} MiB"))
     rows.append(("bench process peak RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
     print("\n== Streaming pipeline (one worker) ==")

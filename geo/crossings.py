@@ -39,6 +39,8 @@ __all__ = [
     "detect_crossings",
     "detect_crossings_file",
     "route",
+    "route_many",
+    "Routes",
     "CellDetector",
     "PairCooldown",
     "pair_key",
@@ -626,7 +628,108 @@ def route(fix: Fix, params: CrossingParams = CrossingParams()) -> list[tuple[str
     return [(home, True)] + [(k, False) for k in sorted(keys) if k > home]
 
 
+@dataclass(frozen=True)
+class Routes:
+    """Where a batch of fixes goes: entry j sends fix `fix[j]` to partition key `keys[j]`.
+
+    Entries are grouped by fix in input order, each fix's home key first (`home[j]` True), then
+    its guest keys in increasing order: for every fix, exactly the list route() gives.
+    """
+
+    fix: np.ndarray  # int64, index of the fix in the batch
+    keys: list[str]
+    home: np.ndarray  # bool
+
+
+_FAST_BANDS, _FAST_CELLS = 2, 3  # the vectorized path covers fixes needing at most 2 bands x 3 cells
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _key_name(code: int) -> str:
+    return f"{code >> 32}:{code & 0xFFFFFFFF}"
+
+
+def route_many(lat: Sequence[float], lon: Sequence[float], accuracy: Sequence[float | None] | None = None,
+               params: CrossingParams = CrossingParams()) -> Routes:
+    """route() for a batch of fixes, with numpy: same keys, same order, ~10x faster per fix.
+
+    The arithmetic is route()'s, operation for operation (trigonometry through `math`, so that
+    rounding is the same); fixes that need more than 2 latitude bands or 3 cells per band (near
+    the poles, or distance_m close to partition_cell_m) go through route() itself.
+    """
+    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lon = np.asarray(lon, dtype=np.float64).reshape(-1)
+    for name, v, lim in (("lat", lat, 90.0), ("lon", lon, 180.0)):
+        bad = np.flatnonzero(~((v >= -lim) & (v <= lim)))
+        if bad.size:
+            raise ValueError(f"{name}={float(v[bad[0]])!r} is outside [{-lim:.0f}, {lim:.0f}]")
+    usable = np.ones(lat.size, dtype=bool)
+    if accuracy is not None:
+        acc = np.asarray(accuracy, dtype=np.float64).reshape(-1)  # None -> nan: no accuracy, usable
+        usable = ~(acc > params.max_accuracy_m)
+    idx = np.flatnonzero(usable)
+    la, lo = lat[idx], lon[idx]
+    h, nbands = _route_band_geometry(params)
+    delta = params.distance_m / EARTH_RADIUS_M
+    dlat = math.degrees(delta) * (1 + _MARGIN) + 1e-9
+    home_b = np.minimum(((la + 90.0) / h).astype(np.int64), nbands - 1)
+    b_lo = np.maximum(0, ((la - dlat + 90.0) / h).astype(np.int64))
+    b_hi = np.minimum(nbands - 1, ((la + dlat + 90.0) / h).astype(np.int64))
+    bands = np.unique(np.concatenate([home_b, b_lo, np.minimum(b_lo + 1, b_hi)]))
+    n_of = np.asarray([_route_n_lon(int(b), h, params) for b in bands.tolist()], dtype=np.int64)
+
+    def n_lon(b: np.ndarray) -> np.ndarray:
+        return n_of[np.searchsorted(bands, b)]
+
+    x = np.mod(lo + 180.0, 360.0)
+    n_home = n_lon(home_b)
+    home_code = (home_b << 32) | np.minimum((x * n_home / 360.0).astype(np.int64), n_home - 1)
+    half = math.sin(delta / 2)
+    dlon = np.asarray([math.degrees(2 * math.asin(r)) * (1 + _MARGIN) + 1e-9 if r < 1 else 360.0
+                       for r in (half / c if c > 0 else math.inf
+                                 for c in map(math.cos, (np.minimum(90.0, np.abs(la) + dlat) * _DEG).tolist()))])
+    fast = (b_hi - b_lo < _FAST_BANDS) & (2 * dlon < 360.0)
+    cand = np.full((idx.size, _FAST_BANDS * _FAST_CELLS), -1, dtype=np.int64)
+    for j in range(_FAST_BANDS):
+        b = np.minimum(b_lo + j, b_hi)  # a band past b_hi repeats b_hi (duplicates are dropped below)
+        n = n_lon(b)
+        k_lo = np.floor((x - dlon) * n / 360.0).astype(np.int64)
+        k_hi = np.floor((x + dlon) * n / 360.0).astype(np.int64)
+        fast &= (k_hi - k_lo < _FAST_CELLS) & (k_hi - k_lo + 1 < n)
+        for t in range(_FAST_CELLS):
+            cand[:, j * _FAST_CELLS + t] = (b << 32) | np.mod(np.minimum(k_lo + t, k_hi), n)
+    # Order keys by their names (route() compares strings): rank the batch's distinct codes.
+    codes, inverse = np.unique(np.concatenate([home_code, cand.reshape(-1)]), return_inverse=True)
+    names = [_key_name(c) for c in codes.tolist()]
+    rank_of = np.empty(len(names), dtype=np.int64)
+    rank_of[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    ranks = rank_of[inverse]
+    home_rank, cand_rank = ranks[: idx.size], ranks[idx.size:].reshape(cand.shape)
+    guests = np.where(cand_rank > home_rank[:, None], cand_rank, -1)
+    guests.sort(axis=1)
+    guests[:, 1:][guests[:, 1:] == guests[:, :-1]] = -1  # the same key twice
+    table = np.concatenate([home_rank[:, None], guests], axis=1)[fast]
+    keep = table >= 0
+    fix = np.repeat(idx[fast], keep.sum(axis=1))
+    by_rank = np.asarray(names, dtype=object)[np.argsort(rank_of)]
+    keys = by_rank[table[keep]].tolist()
+    home = np.zeros(table.shape, dtype=bool)
+    home[:, 0] = True
+    home = home[keep]
+    slow = idx[~fast]
+    if slow.size:  # rare: route() one by one, merged back in fix order
+        extra = [(i, key, is_home) for i in slow.tolist()
+                 for key, is_home in route(Fix("", 0.0, float(lat[i]), float(lon[i])), params)]
+        order = np.argsort(np.concatenate([fix, np.asarray([e[0] for e in extra], dtype=np.int64)]), kind="stable")
+        merged = keys + [e[1] for e in extra]
+        keys = [merged[o] for o in order.tolist()]
+        home = np.concatenate([home, np.asarray([e[2] for e in extra], dtype=bool)])[order]
+        fix = np.concatenate([fix, np.asarray([e[0] for e in extra], dtype=np.int64)])[order]
+    return Routes(fix, keys, home)
+
+
 _HORIZON_SLACK_S = 1.0  # keep pings a little longer than needed, against float rounding
+_BUCKET_S = 30.0  # event-time slices of CellDetector's eviction index
 _COLS = 6  # ts, lat, lon, cos(lat), user code, is_home
 _TS, _LAT, _LON, _COS, _UID, _HOME = range(_COLS)
 
@@ -689,6 +792,10 @@ class CellDetector:
         self._max_dlat = math.degrees(params.distance_m / EARTH_RADIUS_M) * (1 + _MARGIN) + 1e-9
         self._code: dict[str, int] = {}
         self._users: list[str | None] = []
+        self._users_checked = 0  # len(self._users) at the last compaction check
+        # Keys holding a ping of each _BUCKET_S slice of event time, so that evict() visits only
+        # keys that hold something old (a scan of every key cost more than detection itself).
+        self._buckets: dict[int, set[str]] = {}
 
     @property
     def watermark(self) -> float:
@@ -734,40 +841,31 @@ class CellDetector:
         """
         p = self.params
         n = len(users)
-        results: list[list[Crossing] | LateFix] = [None] * n  # type: ignore[list-item]
-        max_acc = p.max_accuracy_m
-        src_max = self._source_max
-        progress = min(src_max.values()) if src_max else self.max_ts
-        take: list[int] = []
-        for i in range(n):
-            t, la, lo = ts[i], lat[i], lon[i]
-            if not (-90.0 <= la <= 90.0) or not (-180.0 <= lo <= 180.0):
-                raise ValueError(f"lat={la!r}, lon={lo!r} is outside [-90, 90] x [-180, 180]")
-            if not math.isfinite(t):
-                raise ValueError(f"ts={t!r} is not a finite epoch-seconds value")
-            home, key = homes[i], keys[i]
+        if n == 0:
+            return []
+        t = np.asarray(ts, dtype=np.float64)
+        la, lo = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+        bad_place = ~((la >= -90.0) & (la <= 90.0) & (lo >= -180.0) & (lo <= 180.0))
+        bad = np.flatnonzero(bad_place | ~np.isfinite(t))
+        if bad.size:
+            i = int(bad[0])
+            if bad_place[i]:
+                raise ValueError(f"lat={lat[i]!r}, lon={lon[i]!r} is outside [-90, 90] x [-180, 180]")
+            raise ValueError(f"ts={ts[i]!r} is not a finite epoch-seconds value")
+        for home, key in zip(homes, keys):
             if home != key and home > key:
                 raise ValueError(f"home_key={home!r} > key={key!r}: route() only sends guests to greater keys")
-            wm = progress - p.lateness_s
-            if t < wm:
-                results[i] = LateFix(Fix(users[i], t, la, lo, accuracy[i]), wm)
-                continue
-            if t > self.max_ts:
-                self.max_ts = t
-            source = sources[i] if sources is not None else None
-            if src_max:
-                if source is not None and source in src_max and t > src_max[source]:
-                    before = src_max[source]
-                    src_max[source] = t
-                    if before == progress:
-                        progress = min(src_max.values())
-            else:
-                progress = self.max_ts
-            results[i] = []
-            acc = accuracy[i]
-            if acc is not None and acc > max_acc:
-                continue
-            take.append(i)
+        # Event-time progress before each fix, as one by one: the slowest source's max ts (or the
+        # max ts seen). A late fix is older than every source's max, so counting it changes nothing.
+        before = self._progress_before(t, sources)
+        wm = before - p.lateness_s
+        late = t < wm
+        self.max_ts = max(self.max_ts, float(t.max()))
+        results: list[list[Crossing] | LateFix] = [[] for _ in range(n)]
+        for i in np.flatnonzero(late).tolist():
+            results[i] = LateFix(Fix(users[i], ts[i], lat[i], lon[i], accuracy[i]), float(wm[i]))
+        acc = np.asarray(accuracy, dtype=np.float64)  # None -> nan: no accuracy given, usable
+        take = np.flatnonzero(~late & ~(acc > p.max_accuracy_m)).tolist()
         if take and self.zones:
             inside = np.asarray(self.zones.contains(np.asarray([lat[i] for i in take], dtype=np.float64),
                                                     np.asarray([lon[i] for i in take], dtype=np.float64)))
@@ -834,9 +932,36 @@ class CellDetector:
                 for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit])):
                     results[order[r]].append(crossing)
         horizon = self.watermark - p.window_s - _HORIZON_SLACK_S
-        for state, lo, hi in zip(states, new_lo, new_hi):
+        bucket = np.floor(new[_TS] / _BUCKET_S).astype(np.int64)
+        starts = np.asarray(new_lo, dtype=np.int64)
+        first_b, last_b = np.minimum.reduceat(bucket, starts).tolist(), np.maximum.reduceat(bucket, starts).tolist()
+        buckets = self._buckets
+        for key, state, lo, hi, b0, b1 in zip(groups, states, new_lo, new_hi, first_b, last_b):
             state.extend(new[:, lo:hi], horizon)
+            for b in range(b0, b1 + 1):
+                keys_of = buckets.get(b)
+                if keys_of is None:
+                    keys_of = buckets[b] = set()
+                keys_of.add(key)
         return results
+
+    def _progress_before(self, t: np.ndarray, sources: Sequence[Hashable] | None) -> np.ndarray:
+        """Event-time progress just before each fix of a batch; advances the state past the batch."""
+        src_max = self._source_max
+        if not src_max:
+            seen = np.maximum.accumulate(np.concatenate([[self.max_ts], t]))
+            return seen[:-1]
+        names = list(src_max)
+        slot = {s: j for j, s in enumerate(names)}
+        rows = np.asarray([slot.get(s, -1) for s in sources] if sources is not None else [-1] * t.size)
+        known = np.flatnonzero(rows >= 0)
+        highs = np.full((len(names), t.size + 1), -math.inf)
+        highs[:, 0] = [src_max[s] for s in names]
+        highs[rows[known], known + 1] = t[known]
+        highs = np.maximum.accumulate(highs, axis=1)
+        for j, s in enumerate(names):
+            src_max[s] = float(highs[j, -1])
+        return highs.min(axis=0)[:-1]
 
     def _offered(self, a: np.ndarray, b: np.ndarray, cooldown: "PairCooldown") -> np.ndarray:
         """Which matched pairs (in order) `cooldown` reports; offers them in that order.
@@ -924,23 +1049,35 @@ class CellDetector:
         wm = self.watermark if watermark is None else min(watermark, self.watermark)
         horizon = wm - self.params.window_s - _HORIZON_SLACK_S
         removed = 0
-        for key in list(self._keys):
-            state = self._keys[key]
-            removed += state.keep(state.data[_TS, : state.n] >= horizon)
-            if state.n == 0:
-                del self._keys[key]
-            elif state.n < state.data.shape[1] // 4 and state.data.shape[1] > 4:
-                state.data = state.data[:, : max(4, 2 * state.n)].copy()
+        if math.isfinite(horizon):
+            # A ping older than the horizon lies in a bucket <= edge, and its key is in that bucket.
+            edge = math.floor(horizon / _BUCKET_S)
+            for b in sorted(b for b in self._buckets if b <= edge):
+                keys = self._buckets[b] if b == edge else self._buckets.pop(b)  # the edge is partly live
+                for key in keys:
+                    state = self._keys.get(key)
+                    if state is None:
+                        continue
+                    removed += state.keep(state.data[_TS, : state.n] >= horizon)
+                    if state.n == 0:
+                        del self._keys[key]
+                    elif state.n < state.data.shape[1] // 4 and state.data.shape[1] > 4:
+                        state.data = state.data[:, : max(4, 2 * state.n)].copy()
         self._compact_users()
         return removed
 
     def _compact_users(self) -> None:
+        """Drop interned users with no live ping, once the table has doubled since the last check."""
+        if len(self._users) < 2 * max(512, self._users_checked):
+            return
+        self._users_checked = len(self._users)
         live = np.unique(np.concatenate([s.data[_UID, : s.n] for s in self._keys.values()])) if self._keys else np.empty(0)
         if len(self._users) <= 2 * max(16, live.size):
             return
         remap = np.full(len(self._users), -1.0)
         remap[live.astype(np.int64)] = np.arange(live.size, dtype=np.float64)
         self._users = [self._users[int(c)] for c in live]
+        self._users_checked = len(self._users)
         self._code = {u: i for i, u in enumerate(self._users) if u is not None}
         for s in self._keys.values():
             s.data[_UID, : s.n] = remap[s.data[_UID, : s.n].astype(np.int64)]
@@ -950,6 +1087,7 @@ class CellDetector:
         total = sys.getsizeof(self._keys) + sys.getsizeof(self._code) + sys.getsizeof(self._users)
         for key, s in self._keys.items():
             total += sys.getsizeof(key) + sys.getsizeof(s) + s.data.nbytes + 112
+        total += sum(sys.getsizeof(keys) for keys in self._buckets.values())
         for u in self._code:
             total += sys.getsizeof(u) + 32  # the string and its int code
         return total

@@ -13,6 +13,7 @@ then one agent per stage:
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -34,12 +35,14 @@ from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
 from anonymizers.pseudonym import Pseudonymizer
 from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, erasure_tag, next_action, on_login
 from anonymizers.windows import recent_windows, window_start
-from geo.crossings import CellDetector, CrossingParams, Fix, LateFix, PairCooldown, pair_key, route, split_pair_key
+from geo.crossings import CellDetector, CrossingParams, LateFix, PairCooldown, pair_key, route_many, split_pair_key
 from geo.zones import SensitiveZones
 from schemas.events import Limits, Reason, Rejection, decode, decode_ping_fast
+from schemas.batches import encode_batches
 from schemas.outputs import ConnectionStat, CrossingRecord, DeadLetter, LocationStat, b64, crossing_bytes
 from schemas.timefmt import format_ts
-from streams.bulk import batch_agent, processing
+from streams.bulk import batch_agent, processing, stage_stats
+from streams.partitioner import partitions_for
 from streams.settings import get_settings, pseudonym_secret
 from streams.windowstate import SEP, TableBackedWindows
 
@@ -50,7 +53,7 @@ P = settings.partitions
 FAUST_HOME = Path(settings.home).expanduser() / "faust"  # Faust's data folders, not the current directory
 FAUST_HOME.mkdir(parents=True, exist_ok=True)
 
-app = faust.App(
+app = faust.App(  # store="memory://" is relied on by _peek
     settings.app_id,
     broker=settings.broker_url,
     store="memory://",
@@ -63,10 +66,10 @@ app = faust.App(
     web_host="127.0.0.1",
     web_port=settings.web_port,
     web_in_thread=False,
-    producer_linger_ms=50,
+    producer_linger_ms=10,  # internal batches are large already; each hop waits this long at most
     producer_max_batch_size=512 * 1024,
     stream_buffer_maxsize=16384,
-    broker_commit_every=2000,
+    broker_commit_every=1_000_000,  # commit on the 1 s timer (its own task), not inline: a commit waits for a producer flush
     broker_commit_interval=1.0,
     stream_wait_empty=False,
 )
@@ -151,6 +154,30 @@ async def _send(topic: faust.TopicT, key: bytes | None, value: bytes | None, par
     await app.producer.send(topic.get_topic_name(), key, value, partition, None, None)
 
 
+async def _send_many(topic: faust.TopicT, messages: list[tuple[bytes | None, bytes | None, int]]) -> None:
+    """Hand many (key, value, partition) messages to the producer as record batches, one per partition.
+
+    aiokafka's public batch API: ~1.5 µs per message instead of ~10 µs through send(), which
+    checks the topic's metadata and makes a future for every message. Same producer, so Faust's
+    commit still waits for these batches before committing the input offsets.
+    """
+    producer = app.producer._ensure_producer()
+    name = topic.get_topic_name()
+    open_batches: dict[int, object] = {}
+    for key, value, partition in messages:
+        batch = open_batches.get(partition)
+        if batch is None:
+            batch = open_batches[partition] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            batch.close()
+            await producer.send_batch(batch, name, partition=partition)
+            batch = open_batches[partition] = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    for partition, batch in open_batches.items():
+        batch.close()  # closed: ready to go without waiting for the producer's linger
+        await producer.send_batch(batch, name, partition=partition)
+
+
 async def _dead_letter(topic: str, partition: int, offset: int, key_b64: str | None, value_b64: str | None,
                        rejection: Rejection) -> None:
     """Send one dead letter pointing at a message's source position, keyed by its source topic."""
@@ -185,8 +212,13 @@ async def _each_guarded(stream, handle) -> None:
             await _quarantine(event, exc)
 
 
+def _peek(table, key: str):
+    """table.get(key), read from the memory store's dict: ~0.05 µs instead of ~1.4 µs through the Table."""
+    return table.data.data.get(key)
+
+
 def _is_erased(user_id: str) -> bool:
-    if erased_table.get(_tag(user_id)) is None:
+    if _peek(erased_table, _tag(user_id)) is None:
         return False
     _tags.pop(user_id, None)  # nothing about an erased account stays in the caches
     return True
@@ -214,7 +246,7 @@ _NO_CONSENT = PurposeSchedule.of(None, settings.consent_max_age_months)
 
 def _schedule(user_id: str) -> PurposeSchedule | None:
     """What the user's consent allows over time; None when the account was erased."""
-    raw = consent_table.get(user_id)
+    raw = _peek(consent_table, user_id)
     if raw is None:
         # No consent record: defaults, unless the account was erased (its record is then gone).
         return None if _is_erased(user_id) else _NO_CONSENT
@@ -316,34 +348,38 @@ async def _ingest_consent(record) -> str | Rejection:
 async def ingest_pings(tp, records) -> None:
     """Validate pings and drop those without geolocation consent, before any other state.
 
-    A batch agent (streams/bulk.py): Faust hands over each fetched batch of one partition, and
-    the accepted pings leave as one message per destination partition (Outbox).
+    A batch agent (streams/bulk.py): Faust hands over each fetched batch of one partition. The
+    accepted pings of the batch are routed to their spatial keys together (`route_many`) and
+    leave as one message per destination partition (Outbox).
     """
     out = Outbox(tp.topic, tp.partition)
+    routed = _ToRoute()
     now = time.time()
-    accepted = dropped = 0
-    rejected: list[tuple[object, Rejection]] = []
-    for record in records:
+    outcomes: list[bool | Rejection] = []
+    for i, record in enumerate(records):
         try:
-            outcome = _ingest_ping(record, now, out)
+            outcome = _ingest_ping(i, record, now, out, routed)
         except Exception as exc:  # a bug must not stop the worker: keep the message for replay
             outcome = _processing_error(exc)
+        outcomes.append(outcome)
+    for i, exc in _route_pings(routed, out):  # a ping whose routing failed is kept for replay, not lost
+        outcomes[i] = _processing_error(exc)
+    await out.flush()
+    accepted = dropped = 0
+    for record, outcome in zip(records, outcomes):
         if outcome is True:
             accepted += 1
         elif outcome is False:
             dropped += 1
         else:
-            rejected.append((record, outcome))
-    await out.flush()
-    for record, rejection in rejected:
-        await _reject_record(tp, record, rejection)
+            await _reject_record(tp, record, outcome)
     for outcome, n in (("accepted", accepted), ("dropped_consent", dropped)):
         if n:
             _count_at(tp.topic, tp.partition, outcome, n)
 
 
-def _ingest_ping(record, now: float, out: "Outbox") -> bool | Rejection:
-    """Decode, validate and gate one ping: True (forwarded), False (no consent) or why it is rejected."""
+def _ingest_ping(i: int, record, now: float, out: "Outbox", routed: "_ToRoute") -> bool | Rejection:
+    """Decode, validate and gate ping i of a batch: True (forwarded), False (no consent) or why it is rejected."""
     fields = decode_ping_fast(record.value, LIMITS, now, key=record.key)
     if fields is None:  # not plainly valid: the full decoder gives the record or the exact reason
         ping = decode("ping", record.value, LIMITS, now=now, key=record.key)
@@ -355,7 +391,7 @@ def _ingest_ping(record, now: float, out: "Outbox") -> bool | Rejection:
     purposes = schedule.at(ts) if schedule is not None else frozenset()
     if Purpose.GEOLOCATION not in purposes:
         return False
-    _forward_ping(record, fields, schedule, purposes, out)
+    _forward_ping(i, record, fields, schedule, purposes, out, routed)
     return True
 
 
@@ -452,8 +488,8 @@ class Outbox:
         self.items: dict[tuple[faust.TopicT, int], dict[str, list]] = {}
 
     def add(self, topic: faust.TopicT, key: str, offset: int | None, **fields) -> None:
-        """Queue one record for `topic`, placed by its key."""
-        dest = (topic, zlib.crc32(key.encode()) % P)
+        """Queue one record for `topic`, placed by its key (_key_partition)."""
+        dest = (topic, _key_partition(key))
         columns = self.items.get(dest)
         if columns is None:
             columns = self.items[dest] = {"k": [], "o": [], **{name: [] for name in fields}}
@@ -462,32 +498,117 @@ class Outbox:
         for name, value in fields.items():
             columns[name].append(value)
 
+    def add_columns(self, topic: faust.TopicT, partition: int, columns: dict[str, list]) -> None:
+        """Queue records given column by column ("k", "o" and fields), all placed at `partition`."""
+        current = self.items.get((topic, partition))
+        if current is None:
+            self.items[(topic, partition)] = columns
+        else:
+            for name, values in columns.items():
+                current[name].extend(values)
+
     async def flush(self) -> None:
-        """Send every queued record, one message per topic-partition."""
+        """Send every queued record, one message per topic-partition (more if it would be too large)."""
         for (topic, partition), columns in self.items.items():
-            columns["src"] = self.src
-            await _send(topic, b"batch", orjson.dumps(columns), partition)
+            for data in encode_batches(columns, {"src": self.src}):
+                await _send(topic, b"batch", data, partition)
         self.items.clear()
 
 
-def _forward_ping(record, fields: tuple, schedule: PurposeSchedule, purposes: frozenset[Purpose],
-                  out: Outbox) -> None:
-    """Queue an accepted ping for the crossing and partner-statistics stages its consent allows."""
+def _key_partition(key: str) -> int:
+    """The partition of an internal record's key: a stable hash (crc32), so a key always meets the same state."""
+    return zlib.crc32(key.encode()) % P
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _cell_partition(key: str) -> int:
+    """_key_partition of a spatial key (cached: the keys of a city repeat)."""
+    return _key_partition(key)
+
+
+class _ToRoute:
+    """Accepted pings of one input batch waiting to be routed to the crossing stage, column by column."""
+
+    def __init__(self) -> None:
+        self.index: list[int] = []  # position of the ping in its input batch
+        self.record: list = []
+        self.user: list[str] = []
+        self.ts: list[float] = []
+        self.lat: list[float] = []
+        self.lon: list[float] = []
+        self.acc: list[float | None] = []
+        self.cv: list[float] = []
+
+    def add(self, index: int, record, fields: tuple, cv: float) -> None:
+        user, ts, lat, lon, acc = fields
+        self.index.append(index)
+        self.record.append(record)
+        self.user.append(user)
+        self.ts.append(ts)
+        self.lat.append(lat)
+        self.lon.append(lon)
+        self.acc.append(acc)
+        self.cv.append(cv)
+
+
+def _forward_ping(i: int, record, fields: tuple, schedule: PurposeSchedule, purposes: frozenset[Purpose],
+                  out: Outbox, routed: _ToRoute) -> None:
+    """Queue accepted ping i of a batch for the crossing and partner-statistics stages its consent allows."""
     user, ts, lat, lon, acc = fields
     if Purpose.CROSSINGS in purposes:
-        routes = route(Fix(user, ts, lat, lon, acc), CROSSING)
-        if routes:
-            home = routes[0][0]
-            cv = schedule.version
-            raw = b64(record.value)  # kept once, with the home key, for a late ping's dead letter
-            for key, is_home in routes:
-                out.add(crossing_cells, key, record.offset, u=user, ts=ts, lat=lat, lon=lon, acc=acc, h=home,
-                        cv=cv, raw=raw if is_home else None)
+        routed.add(i, record, fields, schedule.version)  # routed with the whole batch: _route_pings
     if Purpose.PARTNER_SHARING in purposes and not (ZONES and ZONES.contains(lat, lon)):
         base = h3.latlng_to_cell(lat, lon, KANON.base_resolution)
         ws = window_start(ts, settings.stats_window_s)
         out.add(stats_cells, h3.cell_to_parent(base, KANON.coarsest_resolution), record.offset, ts=ts, cell=base,
                 m=_pseudonym(user, ws))
+
+
+def _route_pings(routed: _ToRoute, out: Outbox) -> list[tuple[int, Exception]]:
+    """Route the batch's pings to their spatial keys together and queue them for crossing-cells.
+
+    Returns (batch position, error) of pings that could not be routed: if the batch fails as a
+    whole, each ping is tried on its own, so only a failing one is set aside.
+    """
+    if not routed.index:
+        return []
+    try:
+        _queue_routes(routed, list(range(len(routed.index))), out)
+        return []
+    except Exception:
+        failed = []
+        for j in range(len(routed.index)):
+            try:
+                _queue_routes(routed, [j], out)
+            except Exception as exc:
+                failed.append((routed.index[j], exc))
+        return failed
+
+
+def _queue_routes(routed: _ToRoute, sel: list[int], out: Outbox) -> None:
+    """Queue pings `sel` of `routed` once per key route_many gives (one column batch per destination)."""
+    r = route_many([routed.lat[j] for j in sel], [routed.lon[j] for j in sel], [routed.acc[j] for j in sel], CROSSING)
+    if not r.keys:
+        return
+    ping = np.asarray(sel, dtype=np.int64)[r.fix]  # entry -> position in routed
+    keys = np.asarray(r.keys, dtype=object)
+    homes = keys[r.home][np.cumsum(r.home) - 1]  # each ping's first entry is its home key
+    raw = np.full(len(r.keys), None, dtype=object)  # kept once, with the home key, for a late ping's dead letter
+    raw[r.home] = [b64(routed.record[j].value) for j in ping[r.home].tolist()]
+    offsets = np.asarray([record.offset for record in routed.record], dtype=np.int64)
+    cols = {name: np.asarray(getattr(routed, name), dtype=object) for name in ("user", "ts", "lat", "lon", "acc", "cv")}
+    dest = np.fromiter(map(_cell_partition, r.keys), dtype=np.int64, count=len(r.keys))
+    queued = []
+    for partition in np.unique(dest).tolist():
+        e = np.flatnonzero(dest == partition)
+        p = ping[e]
+        queued.append((partition, {
+            "k": keys[e].tolist(), "o": offsets[p].tolist(), "u": cols["user"][p].tolist(),
+            "ts": cols["ts"][p].tolist(), "lat": cols["lat"][p].tolist(), "lon": cols["lon"][p].tolist(),
+            "acc": cols["acc"][p].tolist(), "h": homes[e].tolist(), "cv": cols["cv"][p].tolist(),
+            "raw": raw[e].tolist()}))
+    for partition, columns in queued:  # nothing is queued unless every destination was built
+        out.add_columns(crossing_cells, partition, columns)
 
 
 def _forward_connection_log(record, log, out: Outbox) -> None:
@@ -758,16 +879,67 @@ def _cooldown_of(p: int) -> PairCooldown:
 @batch_agent(app, crossing_pairs)
 async def report(tp, records) -> None:
     """Report each pair at most once per cooldown, one record per participant; retract on withdrawal."""
-    await _each_record(tp, records, _report_one)
+    out = _Reports()
+    await _each_record(tp, records, lambda tp_, record: _report_one(tp_, record, out))
+    await out.flush()
 
 
-async def _report_one(tp, record) -> None:
+class _Reports:
+    """Crossing records and pair-table entries of one batch, sent together by `flush`.
+
+    Crossing records are placed like Kafka's default partitioner places their key (the
+    participant), computed for the whole batch at once (streams.partitioner); pair-table entries
+    go to the table's store and changelog directly, in the table's own serialization (json), so
+    that Faust restores them as if written through the table.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
+        self.entries: list[tuple[int, str, float]] = []  # (partition, pair-table key, ts)
+
+    def crossing(self, user: str, value: bytes) -> None:
+        self.keys.append(user.encode())
+        self.values.append(value)
+
+    def pair_reported(self, p: int, key: str, ts: float) -> None:
+        pair_table.data[key] = ts
+        self.entries.append((p, key, ts))
+
+    async def flush(self) -> None:
+        if self.keys:
+            parts = partitions_for(self.keys, await _partition_count(crossings))
+            await _send_many(crossings, list(zip(self.keys, self.values, parts)))
+        if self.entries:
+            await _send_many(pair_table.changelog_topic, [(*_changelog_entry(key, ts), p) for p, key, ts in self.entries])
+        self.keys, self.values, self.entries = [], [], []
+
+
+def _changelog_entry(key: str, value) -> tuple[bytes, bytes]:
+    """Key and value bytes of a table changelog record, as Faust writes them for our str/json tables."""
+    return orjson.dumps(key), orjson.dumps(value)
+
+
+_partition_counts: dict[str, int] = {}
+
+
+async def _partition_count(topic: faust.TopicT) -> int:
+    """Partitions of an output topic, as the producer's metadata has them (what its partitioner uses)."""
+    name = topic.get_topic_name()
+    n = _partition_counts.get(name)
+    if n is None:
+        n = _partition_counts[name] = len(await app.producer._ensure_producer().partitions_for(name))
+    return n
+
+
+async def _report_one(tp, record, out: _Reports) -> None:
     p = tp.partition
     body = orjson.loads(record.value)
     cooldown = _cooldown_of(p)
     gone = revoked.setdefault(p, {})
     now = format_ts(time.time())
     if "purge" in body:
+        await out.flush()  # crossings reported before the purge reach the topic before its retractions
         user = body["purge"]
         tag = erasure_tag(SECRET, user)  # keyed hash: no user id is kept in this guard
         gone[tag] = max(gone.get(tag, 0.0), body["v"])
@@ -788,11 +960,10 @@ async def _report_one(tp, record) -> None:
             raise ValueError(f"crossing-pairs record with users {a!r}, {b!r} not in order")
         if not cooldown.offer_pair(a, b, ts):
             continue
-        pair_table[f"{p}|{pair_key(a, b)}"] = ts
+        out.pair_reported(p, f"{p}|{pair_key(a, b)}", ts)
         at = format_ts(ts)
         for user, other in ((a, b), (b, a)):  # one record per participant, keyed by that participant
-            await _send(crossings, user.encode(),
-                        crossing_bytes(user, other, at, place, CROSSING.place_resolution, band, now))
+            out.crossing(user, crossing_bytes(user, other, at, place, CROSSING.place_resolution, band, now))
 
 
 # ---------------------------------------------------------------------------
@@ -924,6 +1095,12 @@ async def warm_up() -> None:
 async def counters_view(web, request):
     """This worker's ingest counters per topic-partition."""
     return web.json({k: v for k, v in counter_table.items()})
+
+
+@app.page("/batches/")
+async def batches_view(web, request):
+    """Per batch topic: wall-clock seconds in its handler, records and calls since start (and time waiting for records)."""
+    return web.json({topic: vars(stats) for topic, stats in stage_stats(app).items()})
 
 
 @app.page("/health/")

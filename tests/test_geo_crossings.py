@@ -31,6 +31,7 @@ from geo.crossings import (
     distance_band,
     pair_key,
     route,
+    route_many,
     split_pair_key,
 )
 from geo.distance import EARTH_RADIUS_M, haversine_m, midpoint
@@ -324,6 +325,23 @@ def test_cell_detector_late_evict_purge_memory():
         det.add(fix("e", 5000.0), "9:9", "0:0")
 
 
+@settings(max_examples=60, deadline=None)
+@given(times=st.lists(st.tuples(st.floats(0.0, 3000.0), st.integers(0, 30)), min_size=1, max_size=120),
+       cut=st.floats(0.0, 4000.0))
+def test_evict_removes_exactly_the_pings_older_than_the_horizon(times, cut):
+    """The bucketed eviction index finds every old ping a scan of all keys would find, and nothing else."""
+    det = CellDetector(P)
+    times = sorted(times)  # in time order: nothing is late
+    for t, cell in times:
+        key = f"1:{cell}"
+        det.add(Fix(f"u{cell}-{t}", t, 1.0 + cell * 0.01, 1.0), key, key)
+    horizon = min(cut, det.watermark) - P.window_s - 1.0  # as evict() computes it (1 s of slack)
+    old = sum(t < horizon for t, _ in times)
+    assert det.evict(cut) == old
+    assert det.live_pings == len(times) - old
+    assert all(s.data[gc._TS, : s.n].min() >= horizon for s in det._keys.values() if s.n)
+
+
 def test_cell_detector_memory_per_live_ping():
     rng = np.random.default_rng(5)
     det = CellDetector(P)
@@ -337,6 +355,34 @@ def test_cell_detector_memory_per_live_ping():
             det.add(f, keys[0][0], key)
     assert det.live_pings > 1000
     assert det.memory_bytes() / det.live_pings <= 300
+
+
+_coords = st.tuples(
+    st.one_of(st.floats(-90.0, 90.0), st.sampled_from([-90.0, 90.0, 0.0, 89.999, -89.999])),
+    st.one_of(st.floats(-180.0, 180.0), st.sampled_from([-180.0, 180.0, 179.9999, -179.9999, 0.0])),
+    st.one_of(st.none(), st.floats(0.0, 200.0)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fixes=st.lists(_coords, max_size=40),
+       shape=st.sampled_from([(250.0, 1000.0), (900.0, 1000.0), (1.0, 1000.0), (5000.0, 5000.0), (250.0, 250.0)]))
+def test_route_many_equals_route_fix_by_fix(fixes, shape):
+    """The vectorized router gives every fix exactly route()'s keys, in route()'s order."""
+    params = CrossingParams(distance_m=shape[0], partition_cell_m=shape[1])
+    lat, lon, acc = ([f[i] for f in fixes] for i in range(3))
+    got = route_many(lat, lon, acc, params)
+    expected = [(i, key, home) for i, (la, lo, a) in enumerate(fixes)
+                for key, home in route(Fix("u", 0.0, la, lo, a), params)]
+    assert list(zip(got.fix.tolist(), got.keys, got.home.tolist())) == expected
+
+
+def test_route_many_rejects_out_of_range():
+    with pytest.raises(ValueError, match="lat=95.0"):
+        route_many([48.0, 95.0], [2.0, 2.0])
+    with pytest.raises(ValueError, match="lon=-181.0"):
+        route_many([48.0], [-181.0])
+    assert route_many([], []).keys == []
 
 
 def test_route_home_first_and_guests_greater():
