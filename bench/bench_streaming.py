@@ -517,7 +517,7 @@ def main() -> None:
                 res = run_latency(settings, rate, args.latency_seconds, port, proc.pid, args)
                 lat_results.append(res)
                 print(f"    sent {res['sent']} ({res['achieved_rate']:,.0f}/s), crossings for {res['found']}/"
-                      f"{res['pairs']} pairs; backlog (t, sent, not yet received) {res['backlog'][-5:]}; "
+                      f"{res['pairs']} pairs; not yet received each second {[b for _, _, b in res['backlog']]}; "
                       f"drained {res['drained']} s after the producer stopped; {res['load'].describe()}")
         hwm, rss = _vm(proc.pid, "VmHWM"), _vm(proc.pid, "VmRSS")
     finally:

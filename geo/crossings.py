@@ -901,29 +901,35 @@ class CellDetector:
             new_lo.append(pos)
             pos += len(members)
             new_hi.append(pos)
-        # Candidates of new fix r (position q in its group g): the live pings of g, then g's fixes before r.
-        sizes = np.asarray([len(g) for g in groups.values()], dtype=np.int64)
-        row = np.arange(m, dtype=np.int64)
-        first = np.repeat(np.asarray(new_lo, dtype=np.int64), sizes)
-        left_live, right_live = _expand(row, np.repeat(np.asarray(live_lo, dtype=np.int64), sizes),
-                                        np.repeat(np.asarray(live_hi, dtype=np.int64), sizes))
-        left_new, right_new = _expand(row, first, row)
         table = np.concatenate(live_parts + [new], axis=1) if live_parts else new
-        left = np.concatenate([left_live, left_new])
-        right = np.concatenate([right_live, right_new + base])
+        # Candidates of new fix r of group g: the live pings of g and g's fixes before r, within the
+        # latitude band a match needs, found by binary search in the rows sorted by (group, latitude).
+        n_groups = len(groups)
+        group_of = np.concatenate([np.repeat(np.arange(n_groups), np.asarray(live_hi) - np.asarray(live_lo)),
+                                   np.repeat(np.arange(n_groups), [len(g) for g in groups.values()])])
+        place = group_of * 512.0 + (table[_LAT] + 90.0)  # groups never overlap: latitudes span 180
+        by_place = np.argsort(place, kind="stable")
+        sorted_place = place[by_place]
+        reach = self._max_dlat + 1e-6  # wider than the latitude test below (rounding in `place` is < 1e-7)
+        row = np.arange(m, dtype=np.int64)
+        probe = place[base:]
+        left, at = _expand(row, np.searchsorted(sorted_place, probe - reach, side="left"),
+                           np.searchsorted(sorted_place, probe + reach, side="right"))
+        right = by_place[at]
+        earlier = (right < base) | (right - base < left)  # a live ping, or a fix of the batch before r
+        left, right = left[earlier], right[earlier]
         if left.size:
             # Cheap necessary conditions first (time, then latitude: the great-circle distance is at
             # least the meridian arc); the exact test runs on what is left.
             near = np.abs(new[_TS][left] - table[_TS][right]) <= p.window_s
             near &= np.abs(new[_LAT][left] - table[_LAT][right]) <= self._max_dlat
+            near &= (new[_HOME][left] > 0) | (table[_HOME][right] > 0)  # guest-guest pairs belong to another key
             left, right = left[near], right[near]
-            # Arrival order of the new fixes; per fix, live pings first, then the batch's earlier fixes.
-            cut = np.argsort(np.asarray(order, dtype=np.int64)[left], kind="stable")
-            left, right = left[cut], right[cut]
             a, b = new[:, left], table[:, right]
             mask, d = _match(a[_TS], a[_LAT], a[_LON], a[_COS], a[_UID], b[_TS], b[_LAT], b[_LON], b[_COS], b[_UID], p)
-            mask &= (a[_HOME] > 0) | (b[_HOME] > 0)  # guest-guest pairs belong to another key
             hit = np.flatnonzero(mask)
+            # Arrival order of the new fixes; per fix, live pings first, then the batch's earlier fixes.
+            hit = hit[np.lexsort((right[hit], np.asarray(order, dtype=np.int64)[left[hit]]))]
             if hit.size and self.zones:
                 hit = hit[_outside_zones(a[_LAT, hit], a[_LON, hit], b[_LAT, hit], b[_LON, hit], self.zones)[2]]
             if hit.size and cooldown is not None:
@@ -1102,7 +1108,9 @@ class PairCooldown:
     def __init__(self, params: CrossingParams = CrossingParams()):
         self.params = params
         self._last: dict[tuple[str, str], float] = {}
-        self._partners: dict[str, set[str]] = {}
+        # user -> {partner: None}: dicts of strings stay untracked by Python's cycle collector, sets
+        # would not (with millions of users, every full collection walked them: 100-270 ms pauses).
+        self._partners: dict[str, dict[str, None]] = {}
 
     def offer(self, crossing: Crossing) -> bool:
         """Whether this crossing is to be reported (and, if so, remember it)."""
@@ -1112,11 +1120,19 @@ class PairCooldown:
         """offer() for the crossing of user_a < user_b at ts, without building it."""
         pair = (user_a, user_b)
         last = self._last.get(pair)
-        if last is not None and not ts >= last + self.params.cooldown_s:
-            return False
+        if last is not None:
+            if not ts >= last + self.params.cooldown_s:
+                return False
+            self._last[pair] = ts  # partners already recorded
+            return True
         self._last[pair] = ts
-        self._partners.setdefault(user_a, set()).add(user_b)
-        self._partners.setdefault(user_b, set()).add(user_a)
+        partners = self._partners
+        for user, other in ((user_a, user_b), (user_b, user_a)):
+            known = partners.get(user)
+            if known is None:
+                partners[user] = {other: None}
+            else:
+                known[other] = None
         return True
 
     def partners_of(self, user_id: str) -> frozenset[str]:
@@ -1131,7 +1147,7 @@ class PairCooldown:
             self._last.pop(pair, None)
             others = self._partners.get(other)
             if others is not None:
-                others.discard(user_id)
+                others.pop(user_id, None)
                 if not others:
                     del self._partners[other]
         return partners
@@ -1144,7 +1160,7 @@ class PairCooldown:
             for u, v in ((a, b), (b, a)):
                 partners = self._partners.get(u)
                 if partners is not None:
-                    partners.discard(v)
+                    partners.pop(v, None)
                     if not partners:
                         del self._partners[u]
         return len(old)
@@ -1161,8 +1177,8 @@ class PairCooldown:
             if not a < b:
                 raise ValueError(f"snapshot pair ({a!r}, {b!r}) is not sorted")
             self._last[(a, b)] = float(t)
-            self._partners.setdefault(a, set()).add(b)
-            self._partners.setdefault(b, set()).add(a)
+            self._partners.setdefault(a, {})[b] = None
+            self._partners.setdefault(b, {})[a] = None
         return self
 
     def __len__(self) -> int:

@@ -1,6 +1,8 @@
 """Timestamps on the wire: RFC 3339 strings or integer epoch milliseconds in, RFC 3339 UTC out."""
 from __future__ import annotations
 
+import functools
+import math
 from datetime import datetime, timezone
 
 # Plausible range for epoch milliseconds: 2000-01-01 .. 2100-01-01.
@@ -31,6 +33,27 @@ def parse_ts(value: object) -> float:
 
 
 def format_ts(epoch_s: float) -> str:
-    """RFC 3339 UTC string (millisecond precision) for epoch seconds."""
+    """RFC 3339 UTC string (millisecond precision) for epoch seconds.
+
+    What `datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds")` gives
+    (microseconds rounded half to even, then cut to milliseconds), with the date and time of day
+    cached per second: the pair stage formats two timestamps per reported crossing.
+    """
+    if not epoch_s >= 0:
+        return _format_ts_slow(epoch_s)
+    frac, whole = math.modf(epoch_s)
+    us = round(frac * 1e6)
+    second = int(whole)
+    if us >= 1_000_000:
+        second, us = second + 1, us - 1_000_000
+    return f"{_second_text(second)}.{us // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _format_ts_slow(epoch_s: float) -> str:
     dt = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")

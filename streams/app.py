@@ -14,6 +14,7 @@ then one agent per stage:
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import math
@@ -1087,8 +1088,14 @@ async def quiet_logs() -> None:
 
 @app.task
 async def warm_up() -> None:
-    """Build the user-agent parser now (~0.3 s) rather than on the first connection log."""
+    """Build the user-agent parser now (~0.3 s) rather than on the first connection log, then freeze.
+
+    gc.freeze(): the ~10^5 objects of the loaded libraries live as long as the worker, and every
+    full collection of Python's cycle collector walked them again (70-270 ms pauses measured).
+    """
     reduce_user_agent("Mozilla/5.0")
+    gc.collect()
+    gc.freeze()
 
 
 @app.page("/counters/")
@@ -1116,3 +1123,4 @@ def counters_changelog_topic() -> str:
 
 def _json(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+

@@ -29,6 +29,7 @@ in `with processing(tp, record):` so table writes land on that record's partitio
 """
 from __future__ import annotations
 
+import gc
 import time
 import weakref
 from collections import defaultdict
@@ -141,6 +142,22 @@ def install(app: faust.App) -> None:
         app._batch_handlers = {}
         app._batch_first = set()
         app._batch_stats = defaultdict(StageStats)
+        gc.callbacks.append(_gc_timer(app._batch_stats["(gc pauses)"]))
+
+
+def _gc_timer(stats: StageStats):
+    """A gc callback adding each cycle-collector pause to `stats` (they stop the whole worker)."""
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            stats.busy_s += time.perf_counter() - started[0]
+            stats.calls += 1
+            stats.records += info.get("collected", 0)
+
+    return on_gc
 
 
 def stage_stats(app: faust.App) -> dict[str, StageStats]:

@@ -224,3 +224,16 @@ def test_crossing_bytes_equal_the_model(user, other, ts, place, resolution, band
     expected = CrossingRecord(type="crossing", user_id=user, other_user_id=other, ts=at, place=place,
                               place_resolution=resolution, distance_band=band, emitted_at=at).to_bytes()
     assert crossing_bytes(user, other, at, place, resolution, band, at) == expected
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(t=st.one_of(st.floats(0, 4.2e9, allow_nan=False), st.integers(0, 4_200_000_000).map(float),
+                   st.integers(0, 4_200_000_000).map(lambda s: s + 0.9995),
+                   st.integers(0, 4_200_000_000).map(lambda s: s + 0.9999995),
+                   st.integers(0, 4_200_000).map(lambda ms: ms * 1000 + 0.0005)))
+def test_format_ts_is_datetimes_isoformat(t):
+    """format_ts (cached per second) gives what datetime's isoformat gives, rounding included."""
+    from datetime import datetime, timezone
+
+    expected = datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert format_ts(t) == expected
