@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geo.crossings import CellDetector, CrossingParams, Fix, PairCooldown, detect_crossings, route  # noqa: E402
+from geo.crossings import CellDetector, CrossingParams, Fix, PairCooldown, detect_crossings, route, route_many  # noqa: E402
 from geo.distance import EARTH_RADIUS_M, haversine_m  # noqa: E402
 from geo.oracle import brute_force_pairs  # noqa: E402
 
@@ -91,10 +91,17 @@ def balltree_pairs(df: pd.DataFrame, params: CrossingParams) -> set[tuple[str, s
 def stream_memory(df: pd.DataFrame, params: CrossingParams, limit: int, batch: int = 500) -> dict:
     """The first `limit` pings through route() and one CellDetector: memory per live ping and speed.
 
-    Timed separately (CPU seconds): route() per ping; add() one fix at a time; add_many() on the
-    fixes of `batch` pings at a time with a PairCooldown, as the worker's detect stage does.
+    Timed separately (CPU seconds): route() per ping; route_many() on `batch` pings at a time, as
+    the worker's ingest does; add() one fix at a time; add_many() on the fixes of `batch` pings at
+    a time with a PairCooldown, as the worker's detect stage does.
     """
     sub = df.iloc[:limit]
+    lat, lon = sub["lat"].to_numpy(), sub["lon"].to_numpy()
+    acc = [None if pd.isna(a) else float(a) for a in sub["accuracy_m"]]
+    t0 = time.process_time()
+    for i in range(0, limit, batch):
+        route_many(lat[i : i + batch], lon[i : i + batch], acc[i : i + batch], params)
+    t_route_many = time.process_time() - t0
     t0 = time.process_time()
     rows = []
     for row in sub.itertuples(index=False):
@@ -118,7 +125,8 @@ def stream_memory(df: pd.DataFrame, params: CrossingParams, limit: int, batch: i
             many.add_many(*zip(*part), cooldown=cooldown)
     t_many = time.process_time() - t0
     return {"bytes_per_live": det.memory_bytes() / max(1, det.live_pings), "live": det.live_pings,
-            "fixes": len(fixes), "route_pps": limit / t_route, "add_fps": len(fixes) / t_add,
+            "fixes": len(fixes), "route_pps": limit / t_route, "route_many_pps": limit / t_route_many,
+            "add_fps": len(fixes) / t_add,
             "add_many_fps": len(fixes) / t_many}
 
 
@@ -165,7 +173,8 @@ def main(argv=None) -> None:
         dense = df if hours == args.hours else generate_city(args.pings, args.users, hours=hours)
         m = stream_memory(dense, params, args.stream_pings)
         print(f"CellDetector at the {hours:g} h density, first {args.stream_pings:,} pings ({m['fixes']:,} routed fixes): "
-              f"{m['bytes_per_live']:.0f} bytes per live ping ({m['live']:,} live pings); route {m['route_pps']:,.0f} pings/s; "
+              f"{m['bytes_per_live']:.0f} bytes per live ping ({m['live']:,} live pings); route {m['route_pps']:,.0f} pings/s, "
+              f"route_many (500-ping batches) {m['route_many_pps']:,.0f} pings/s (x{m['route_many_pps'] / m['route_pps']:.1f}); "
               f"add one by one {m['add_fps']:,.0f} fixes/s; add_many (500-ping batches + cooldown, as the worker) "
               f"{m['add_many_fps']:,.0f} fixes/s (x{m['add_many_fps'] / m['add_fps']:.1f})")
 
