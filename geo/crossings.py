@@ -795,7 +795,8 @@ class CellDetector:
         self._users_checked = 0  # len(self._users) at the last compaction check
         # Keys holding a ping of each _BUCKET_S slice of event time, so that evict() visits only
         # keys that hold something old (a scan of every key cost more than detection itself).
-        self._buckets: dict[int, set[str]] = {}
+        # Lists, not sets (8 bytes an entry; a key may repeat, once per batch that touched it).
+        self._buckets: dict[int, list[str]] = {}
 
     @property
     def watermark(self) -> float:
@@ -947,8 +948,8 @@ class CellDetector:
             for b in range(b0, b1 + 1):
                 keys_of = buckets.get(b)
                 if keys_of is None:
-                    keys_of = buckets[b] = set()
-                keys_of.add(key)
+                    keys_of = buckets[b] = []
+                keys_of.append(key)
         return results
 
     def _progress_before(self, t: np.ndarray, sources: Sequence[Hashable] | None) -> np.ndarray:
@@ -1060,7 +1061,9 @@ class CellDetector:
             edge = math.floor(horizon / _BUCKET_S)
             for b in sorted(b for b in self._buckets if b <= edge):
                 keys = self._buckets[b] if b == edge else self._buckets.pop(b)  # the edge is partly live
-                for key in keys:
+                if b == edge and len(keys) > 2 * len(set(keys)):
+                    keys[:] = set(keys)  # revisited at every evict: keep it free of repeats
+                for key in set(keys):
                     state = self._keys.get(key)
                     if state is None:
                         continue
