@@ -344,6 +344,35 @@ def test_evict_removes_exactly_the_pings_older_than_the_horizon(times, cut):
     assert all(s.data[gc._TS, : s.n].min() >= horizon for s in det._keys.values() if s.n)
 
 
+@settings(max_examples=60, deadline=None)
+@given(times=st.lists(st.tuples(st.floats(0.0, 3000.0), st.integers(0, 30)), min_size=1, max_size=120),
+       batch=st.integers(1, 50), cut=st.floats(0.0, 4000.0))
+def test_evict_after_batches_removes_exactly_the_pings_older_than_the_horizon(times, batch, cut):
+    """The same with add_many, in batches whose fixes span any time range (arrival order random)."""
+    det = CellDetector(P)
+    for s in range(0, len(times), batch):
+        chunk = times[s : s + batch]
+        keys = [f"1:{cell}" for _, cell in chunk]
+        det.add_many([f"u{cell}-{t}" for t, cell in chunk], [t for t, _ in chunk],
+                     [1.0 + cell * 0.01 for _, cell in chunk], [1.0] * len(chunk), [None] * len(chunk), keys, keys)
+    horizon = min(cut, det.watermark) - P.window_s - 1.0
+    stored = [t for s in det._keys.values() for t in s.data[gc._TS, : s.n].tolist()]
+    old = sum(t < horizon for t in stored)
+    assert det.evict(cut) == old
+    assert det.live_pings == len(stored) - old
+
+
+def test_fixes_years_apart_in_one_batch_cost_no_more_memory_than_close_ones():
+    """A ping with a years-old timestamp (not late before the watermark exists) next to a current one
+    in the same key must not make the eviction index grow with the gap between them."""
+    det = CellDetector(P)
+    ts = [1_600_000_000.0, 1_600_000_000.0 + 365 * 86400.0]  # one year apart, same key
+    det.add_many(["a", "b"], ts, [1.0, 1.0], [1.0, 1.0], [None, None], ["1:1", "1:1"], ["1:1", "1:1"])
+    assert det.live_pings == 2
+    assert det.memory_bytes() < 10_000
+    assert det.evict() == 1 and det.live_pings == 1
+
+
 def test_cell_detector_memory_per_live_ping():
     rng = np.random.default_rng(5)
     det = CellDetector(P)
@@ -621,3 +650,78 @@ def test_add_many_equals_one_by_one(arrivals, cuts, zones, cooldown_s):
     assert many.watermark == one.watermark
     many.evict(), one.evict()
     assert many.live_pings == one.live_pings
+
+
+def test_add_many_cooldown_reports_new_pairs_after_user_codes_are_compacted():
+    """Compaction renumbers users, so new pairs reuse the numbers of old ones: none of them may be
+    taken for an old pair still cooling down."""
+    det, cooldown = CellDetector(P), PairCooldown(CrossingParams(cooldown_s=3600.0))
+
+    def pairs_meeting(prefix: str, t: float, n_pairs: int) -> int:
+        users, ts, lat, lon, keys = [], [], [], [], []
+        for k in range(n_pairs):
+            for u in (f"{prefix}{2 * k}", f"{prefix}{2 * k + 1}"):
+                users.append(u), ts.append(t), lat.append(10.0 + k * 0.01), lon.append(10.0)
+                keys.append(route(Fix(u, t, lat[-1], 10.0), P)[0][0])
+        got = det.add_many(users, ts, lat, lon, [None] * len(users), keys, keys, cooldown=cooldown)
+        return sum(len(r) for r in got)
+
+    det.add_many(["loner"], [0.0], [-40.0], [-40.0], [None], ["k"], ["k"])  # so old and new pairs get the same numbers
+    assert pairs_meeting("old-", 0.0, 600) == 600
+    det.add_many(["late-walker"], [1000.0], [-40.0], [-40.0], [None], ["k"], ["k"])
+    det.evict()  # every old ping expired: the 1202 users are compacted away
+    assert len(det._users) < 100
+    assert pairs_meeting("new-", 1000.0, 600) == 600  # fresh users, fresh pairs: all reported
+
+
+@st.composite
+def crowded_arrivals(draw):
+    """A few users pinging again and again within metres of one spot, in time order: the same
+    pairs match in batch after batch (what the detector's cooldown cache is for)."""
+    n = draw(st.integers(2, 60))
+    users = draw(st.lists(st.sampled_from("abcd"), min_size=n, max_size=n))
+    steps = draw(st.lists(st.floats(0.0, 120.0), min_size=n, max_size=n))
+    offsets = draw(st.lists(st.tuples(st.floats(-1e-4, 1e-4), st.floats(-1e-4, 1e-4)), min_size=n, max_size=n))
+    rows, t = [], 0.0
+    for u, step, (dlat, dlon) in zip(users, steps, offsets):
+        t += step
+        fix = Fix(u, t, 48.85 + dlat, 2.35 + dlon, None)
+        keys = route(fix, P)
+        for key, _ in keys:
+            rows.append((u, t, fix.lat, fix.lon, None, keys[0][0], key, None))
+    return rows, 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(arrivals=st.one_of(crowded_arrivals(), routed_arrivals()), cuts=st.lists(st.integers(0, 120), max_size=8),
+       ops=st.lists(st.one_of(st.tuples(st.just("purge"), st.integers(0, 7)),
+                              st.tuples(st.just("expire"), st.floats(-100.0, 7000.0)),
+                              st.tuples(st.just("restore"), st.just(0))), max_size=8),
+       cooldown_s=st.sampled_from([0.0, 250.0, 3600.0]))
+def test_add_many_cooldown_stays_exact_when_the_cooldown_forgets_pairs(arrivals, cuts, ops, cooldown_s):
+    """Between batches the cooldown forgets pairs (a user purged from it alone, expire, a restored
+    copy): add_many still reports exactly what offer() one at a time accepts. The detector's cache of
+    pair times must never keep a pair in cooldown that the cooldown itself has forgotten."""
+    rows, n_sources = arrivals
+    params = CrossingParams(cooldown_s=cooldown_s)
+    one, many = CellDetector(P, sources=range(n_sources)), CellDetector(P, sources=range(n_sources))
+    cd_one, cd_many = PairCooldown(params), PairCooldown(params)
+    users = sorted({r[0] for r in rows}) or ["nobody"]
+    bounds = sorted({0, len(rows), *[c for c in cuts if c < len(rows)]})
+    for step, (lo_, hi_) in enumerate(zip(bounds, bounds[1:])):
+        part = rows[lo_:hi_]
+        expected = [one.add(Fix(u, t, la, lo, acc), home, key, source=src) for u, t, la, lo, acc, home, key, src in part]
+        expected = [r if isinstance(r, LateFix) else [c for c in r if cd_one.offer(c)] for r in expected]
+        cols = list(zip(*part))
+        got = many.add_many(*cols[:7], sources=cols[7] if n_sources else None, cooldown=cd_many)
+        assert got == expected
+        if step < len(ops):
+            op, arg = ops[step]
+            if op == "purge":
+                cd_one.purge_user(users[arg % len(users)]), cd_many.purge_user(users[arg % len(users)])
+            elif op == "expire":
+                cd_one.expire(arg), cd_many.expire(arg)
+            else:
+                cd_one = PairCooldown.restore(cd_one.snapshot(), params)
+                cd_many = PairCooldown.restore(cd_many.snapshot(), params)
+    assert cd_many.snapshot() == cd_one.snapshot()
