@@ -515,6 +515,25 @@ def detect_crossings(
     )
 
 
+def detect_pairs(
+    fixes: pd.DataFrame, params: CrossingParams = CrossingParams(), zones: SensitiveZones | None = None
+) -> set[tuple[str, str]]:
+    """The distinct (user_a, user_b) pairs, a < b, that detect_crossings reports at least once.
+
+    A pair's first crossing is always reported, so the cooldown cannot change this set; skipping it
+    (and the places) makes audits of a dense day several times faster.
+    """
+    pings = _prepare(fixes, params, zones)
+    i, j, _ = _matching_pairs(pings, params)
+    if zones and i.size:
+        ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)[2]
+        i, j = i[ok], j[ok]
+    ui, uj = pings.user[i], pings.user[j]
+    codes = np.unique(np.minimum(ui, uj) * np.int64(len(pings.names)) + np.maximum(ui, uj))
+    a, b = np.divmod(codes, np.int64(len(pings.names)))
+    return set(zip(pings.names[a].tolist(), pings.names[b].tolist()))
+
+
 # --------------------------------------------------------------------------- files
 
 

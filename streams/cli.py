@@ -253,6 +253,21 @@ def crossings_show(user_id: str) -> None:
         click.echo(f"{rec['ts']}  {other:<20} H3 {rec['place']}  {rec['distance_band']}")
 
 
+@crossings.command("verify")
+def crossings_verify() -> None:
+    """Recompute the run's crossing pairs with the batch detector and compare; exit 1 if they differ.
+
+    Reads crossing-cells (the pings the worker accepted for crossings) and crossings from the start,
+    so it checks what those topics still retain.
+    """
+    from streams.report import check_crossings, format_crossing_check
+
+    started = time.perf_counter()
+    check = check_crossings(_settings())
+    click.echo(format_crossing_check(check) + f"  ({time.perf_counter() - started:.1f} s)")
+    sys.exit(0 if check.identical else 1)
+
+
 @crossings.command("detect")
 @click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path), required=True,
               help="Pings as .csv or .parquet with columns user_id, ts, lat, lon[, accuracy_m].")

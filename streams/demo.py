@@ -112,7 +112,8 @@ def print_summary(settings: Settings) -> None:
 
 def print_outputs(settings: Settings) -> None:
     """Crossings and statistics that came out, for a person."""
-    from streams.report import current_crossings, read_crossings, read_statistics
+    from streams.report import (check_crossings, current_crossings, format_crossing_check, read_crossings,
+                                read_statistics)
 
     records = read_crossings(settings)
     found = [r for r in records if r["type"] == "crossing"]
@@ -125,6 +126,8 @@ def print_outputs(settings: Settings) -> None:
     for r in found[:5]:
         print(f"  {r['user_id']} crossed {r['other_user_id']} at {r['ts']} in H3 cell {r['place']} "
               f"({r['distance_band']})")
+    print("  checked against the batch detector (crosspaths crossings verify):")
+    print("  " + format_crossing_check(check_crossings(settings, records)).replace("\n", "\n  "))
     loc = read_statistics(settings, "partner-statistics")
     print(f"\n== Partner statistics (k = {settings.k}): {len(loc)} published cells ==")
     if not loc.empty:

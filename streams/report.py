@@ -121,3 +121,82 @@ def read_topic_records(settings: Settings, name: str):
     from streams.kafkaio import read_topic
 
     return [r for r in read_topic(settings.bootstrap_servers, settings.topic(name)) if r.value is not None]
+
+
+@dataclass
+class CrossingCheck:
+    """Streamed crossing pairs against the batch detector run on the pings the worker routed."""
+
+    routed_pings: int
+    late_pings: int
+    excluded_users: int  # users with a retraction: their pairs depend on when consent changed
+    streamed_pairs: int
+    recomputed_pairs: int
+    only_streamed: list[tuple[str, str]]
+    only_recomputed: list[tuple[str, str]]
+
+    @property
+    def identical(self) -> bool:
+        return not self.only_streamed and not self.only_recomputed
+
+
+def check_crossings(settings: Settings, crossing_records: list[dict] | None = None) -> CrossingCheck:
+    """Recompute the crossing pairs from the crossing-cells topic and compare with the crossings topic.
+
+    Each ping the worker accepted for crossings is in crossing-cells once with its home key; the batch
+    detector (geo.crossings.detect_crossings, the same rules) finds the pairs they make. Users with a
+    retraction are left out on both sides (their pairs depend on the moment consent changed), as are
+    pairs of late pings (they were dead-lettered, not matched; `late_pings` says how many there were).
+    `crossing_records`: the crossings topic already read (read_crossings), if at hand.
+    """
+    import orjson
+    import pandas as pd
+
+    from geo.crossings import CrossingParams, detect_pairs
+    from geo.zones import SensitiveZones
+    from streams.kafkaio import read_topic
+
+    rows = []
+    for rec in read_topic(settings.bootstrap_servers, settings.topic("crossing-cells")):
+        if rec.value is None or rec.key == b"purge":
+            continue
+        body = orjson.loads(rec.value)
+        if "k" not in body:
+            continue
+        for k, h, u, ts, lat, lon, acc in zip(body["k"], body["h"], body["u"], body["ts"], body["lat"],
+                                               body["lon"], body["acc"]):
+            if k == h:
+                rows.append((u, ts, lat, lon, acc))
+    pings = pd.DataFrame(rows, columns=["user_id", "ts", "lat", "lon", "accuracy_m"]).drop_duplicates()
+    streamed, excluded = set(), set()
+    for rec in read_crossings(settings) if crossing_records is None else crossing_records:
+        if rec["type"] == "retraction":
+            excluded.add(rec["user_id"])
+            if rec.get("other_user_id"):
+                excluded.add(rec["other_user_id"])
+        else:
+            streamed.add(tuple(sorted((rec["user_id"], rec["other_user_id"]))))
+    params = CrossingParams(distance_m=settings.crossing_distance_m, window_s=settings.crossing_window_s,
+                            max_accuracy_m=settings.crossing_max_accuracy_m, cooldown_s=settings.crossing_cooldown_s,
+                            place_resolution=settings.crossing_place_resolution)
+    zones = SensitiveZones.from_geojson(settings.zones_path) if settings.zones_path else None
+    recomputed = detect_pairs(pings, params, zones) if len(pings) else set()
+    keep = lambda pairs: {p for p in pairs if p[0] not in excluded and p[1] not in excluded}  # noqa: E731
+    s, r = keep(streamed), keep(recomputed)
+    late = read_counters(settings).late.get("crossing-cells", 0)
+    return CrossingCheck(len(pings), late, len(excluded), len(s), len(r), sorted(s - r), sorted(r - s))
+
+
+def format_crossing_check(check: CrossingCheck) -> str:
+    head = (f"{check.routed_pings} pings routed for crossings; {check.streamed_pairs} streamed pairs vs "
+            f"{check.recomputed_pairs} recomputed by the batch detector, leaving out {check.excluded_users} "
+            f"users with a retraction")
+    if check.identical:
+        return head + ": identical"
+    lines = [head + ": DIFFERENT",
+             f"  only streamed ({len(check.only_streamed)}): {check.only_streamed[:5]}",
+             f"  only recomputed ({len(check.only_recomputed)}): {check.only_recomputed[:5]}"]
+    if check.late_pings:
+        lines.append(f"  {check.late_pings} pings came too late for a stage and were not matched; "
+                     "pairs of late pings are expected only on the recomputed side")
+    return "\n".join(lines)

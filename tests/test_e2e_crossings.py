@@ -11,7 +11,7 @@ import pytest
 from geo.crossings import CrossingParams
 from geo.oracle import brute_force_pairs
 from schemas.timefmt import format_ts
-from streams.report import read_counters
+from streams.report import check_crossings, read_counters
 from tests.e2e_helpers import consume_all, producer, running_workers, send_json, wait_received
 
 pytestmark = pytest.mark.e2e
@@ -83,6 +83,11 @@ def test_streamed_pairs_equal_the_oracle(pipeline_settings, partitions, workers)
     for r, v in zip(records, views):
         assert r.key.decode() == v["user_id"]
         assert "lat" not in v and "lon" not in v and len(v["place"]) == 15
+    # `crosspaths crossings verify` rebuilds the same pairs from what the worker routed.
+    check = check_crossings(s)
+    assert check.identical and check.streamed_pairs == check.recomputed_pairs == len(oracle)
+    usable = df[~(df["accuracy_m"] > CrossingParams().max_accuracy_m)]  # the others are not routed
+    assert check.routed_pings == len(usable[["user_id", "ts", "lat", "lon", "accuracy_m"]].drop_duplicates())
 
 
 def test_withdrawal_retracts_and_stops_crossings(pipeline_settings):

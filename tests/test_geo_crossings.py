@@ -483,6 +483,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 @given(df=ping_sets())
 def test_batch_pairs_equal_oracle(df):
     assert pairs_of(detect_crossings(df, P)) == brute_force_pairs(df, P)
+    assert gc.detect_pairs(df, P) == brute_force_pairs(df, P)
 
 
 @SETTINGS
@@ -505,6 +506,7 @@ def test_batch_pairs_equal_oracle_other_params(df, d, t):
 @given(df=ping_sets())
 def test_batch_with_zones_equals_oracle(df):
     assert pairs_of(detect_crossings(df, P, ZONES)) == brute_force_pairs(df, P, ZONES)
+    assert gc.detect_pairs(df, P, ZONES) == brute_force_pairs(df, P, ZONES)
 
 
 def _ping_pair_multiset(df, params, zones=None):
