@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 
 import functools
-import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -817,13 +816,6 @@ class CellDetector:
         # keys that hold something old (a scan of every key cost more than detection itself).
         # Lists, not sets (8 bytes an entry; a key may repeat, once per batch that touched it).
         self._buckets: dict[int, list[str]] = {}
-        # Pair code (user codes a < b: a << 32 | b) -> last report time the cooldown given to
-        # add_many holds for the pair, as last seen here. It only ever proves a pair is still in
-        # cooldown (the cooldown's own time can only be later, unless the cooldown forgot the
-        # pair: purge_user and restore change its generation, expire raises its expired_before).
-        self._cool: dict[int, float] = {}
-        self._cool_of: tuple[object, int] | None = None  # (cooldown, generation) the cache is for
-        self._cool_pruned = 0  # len(self._cool) after the last prune
 
     @property
     def watermark(self) -> float:
@@ -1013,37 +1005,18 @@ class CellDetector:
         code = (np.minimum(ua, ub) << 32) | np.maximum(ua, ub)
         by_pair = np.argsort(code, kind="stable")  # each pair's matches together, in arrival order
         sorted_code, sorted_ts = code[by_pair], ts[by_pair]
+        total = code.size
         starts = np.flatnonzero(np.r_[True, sorted_code[1:] != sorted_code[:-1]])
-        wait = cooldown.params.cooldown_s
-        cache = self._cooldown_cache(cooldown)
-        if cache:
-            # Pairs whose every match here falls within a cooldown known from earlier batches are
-            # settled without a lookup by user names (most pairs of a dense place, batch after batch).
-            known = np.fromiter(map(cache.get, sorted_code[starts].tolist(), itertools.repeat(math.nan)),
-                                dtype=np.float64, count=starts.size)
-            settled = (known >= cooldown.expired_before) & (np.maximum.reduceat(sorted_ts, starts) < known + wait)
-            if settled.any():
-                keep = np.repeat(~settled, np.diff(np.r_[starts, sorted_code.size]))
-                by_pair, sorted_code, sorted_ts = by_pair[keep], sorted_code[keep], sorted_ts[keep]
-                starts = np.flatnonzero(np.r_[True, sorted_code[1:] != sorted_code[:-1]]) if keep.any() else starts[:0]
-        total = sorted_code.size
-        mask = np.zeros(code.size, dtype=bool)
-        if total == 0:
-            return mask
         sizes = np.diff(np.r_[starts, total])
-        users, last = self._users, cooldown._last
-        pairs, ends, codes = [], [], sorted_code[starts].tolist()
+        users, wait, last = self._users, cooldown.params.cooldown_s, cooldown._last
+        pairs, ends = [], []
         never = -math.inf
-        for c, x, y in zip(codes, ua[by_pair[starts]].tolist(), ub[by_pair[starts]].tolist()):
+        for x, y in zip(ua[by_pair[starts]].tolist(), ub[by_pair[starts]].tolist()):
             x, y = users[x], users[y]
             pair = (x, y) if x < y else (y, x)
             pairs.append(pair)
             prev = last.get(pair)
-            if prev is None:
-                ends.append(never)
-            else:
-                ends.append(prev + wait)
-                cache[c] = prev
+            ends.append(never if prev is None else prev + wait)
         threshold = np.asarray(ends)
         group = np.repeat(np.arange(starts.size), sizes)
         position = np.arange(total)
@@ -1057,32 +1030,16 @@ class CellDetector:
             pair = pairs[g]
             if not more[g]:
                 k = int(first[g])
-                t = float(sorted_ts[k])
-                cooldown.offer_pair(pair[0], pair[1], t)
+                cooldown.offer_pair(pair[0], pair[1], float(sorted_ts[k]))
                 chosen.append(int(by_pair[k]))
-                cache[codes[g]] = t
                 continue
             lo = int(starts[g])
             for k, t in enumerate(sorted_ts[lo : lo + int(sizes[g])].tolist(), start=lo):
                 if cooldown.offer_pair(pair[0], pair[1], t):
                     chosen.append(int(by_pair[k]))
-                    cache[codes[g]] = t
+        mask = np.zeros(total, dtype=bool)
         mask[chosen] = True
         return mask
-
-    def _cooldown_cache(self, cooldown: "PairCooldown") -> dict[int, float]:
-        """The pair-code cache for this cooldown (emptied when the cooldown forgot pairs wholesale)."""
-        owner = self._cool_of
-        if owner is None or owner[0] is not cooldown or owner[1] != cooldown.generation:
-            self._cool = {}
-            self._cool_pruned = 0
-            self._cool_of = (cooldown, cooldown.generation)
-        elif len(self._cool) > 2 * max(4096, self._cool_pruned):
-            # Entries whose cooldown ended before the watermark can no longer settle a pair.
-            horizon = self.watermark - cooldown.params.cooldown_s
-            self._cool = {c: t for c, t in self._cool.items() if t >= horizon}
-            self._cool_pruned = len(self._cool)
-        return self._cool
 
     def _describe_pairs(self, a: np.ndarray, b: np.ndarray, d: np.ndarray) -> list[Crossing]:
         """Crossings of matched pairs outside zones (a[:, k] the new fix, b[:, k] the other)."""
@@ -1154,7 +1111,6 @@ class CellDetector:
         self._users = [self._users[int(c)] for c in live]
         self._users_checked = len(self._users)
         self._code = {u: i for i, u in enumerate(self._users) if u is not None}
-        self._cool_of = None  # pair codes changed
         for s in self._keys.values():
             s.data[_UID, : s.n] = remap[s.data[_UID, : s.n].astype(np.int64)]
 
@@ -1166,7 +1122,6 @@ class CellDetector:
         total += sum(sys.getsizeof(keys) for keys in self._buckets.values())
         for u in self._code:
             total += sys.getsizeof(u) + 32  # the string and its int code
-        total += sys.getsizeof(self._cool) + 56 * len(self._cool)  # pair code (int) and time (float)
         return total
 
 
@@ -1182,10 +1137,6 @@ class PairCooldown:
         # user -> {partner: None}: dicts of strings stay untracked by Python's cycle collector, sets
         # would not (with millions of users, every full collection walked them: 100-270 ms pauses).
         self._partners: dict[str, dict[str, None]] = {}
-        # Readers that cache pair times (CellDetector) check these: generation changes whenever
-        # pairs are forgotten other than by expire(), which raises expired_before instead.
-        self.generation = 0
-        self.expired_before = -math.inf
 
     def offer(self, crossing: Crossing) -> bool:
         """Whether this crossing is to be reported (and, if so, remember it)."""
@@ -1217,7 +1168,6 @@ class PairCooldown:
     def purge_user(self, user_id: str) -> list[str]:
         """Forget a user; returns the partners it had reported crossings with (sorted), for retraction."""
         partners = sorted(self._partners.pop(user_id, ()))
-        self.generation += 1
         for other in partners:
             pair = (user_id, other) if user_id < other else (other, user_id)
             self._last.pop(pair, None)
@@ -1231,7 +1181,6 @@ class PairCooldown:
     def expire(self, before: float) -> int:
         """Forget pairs last reported before `before` (their next crossing is reported); returns how many."""
         old = [pair for pair, t in self._last.items() if t < before]
-        self.expired_before = max(self.expired_before, before)
         for a, b in old:
             del self._last[(a, b)]
             for u, v in ((a, b), (b, a)):

@@ -656,7 +656,7 @@ def test_add_many_equals_one_by_one(arrivals, cuts, zones, cooldown_s):
 
 def test_add_many_cooldown_reports_new_pairs_after_user_codes_are_compacted():
     """Compaction renumbers users, so new pairs reuse the numbers of old ones: none of them may be
-    taken for an old pair still cooling down."""
+    taken for an old pair still cooling down (e.g. by a cache keyed by those numbers)."""
     det, cooldown = CellDetector(P), PairCooldown(CrossingParams(cooldown_s=3600.0))
 
     def pairs_meeting(prefix: str, t: float, n_pairs: int) -> int:
@@ -679,7 +679,7 @@ def test_add_many_cooldown_reports_new_pairs_after_user_codes_are_compacted():
 @st.composite
 def crowded_arrivals(draw):
     """A few users pinging again and again within metres of one spot, in time order: the same
-    pairs match in batch after batch (what the detector's cooldown cache is for)."""
+    pairs match in batch after batch."""
     n = draw(st.integers(2, 60))
     users = draw(st.lists(st.sampled_from("abcd"), min_size=n, max_size=n))
     steps = draw(st.lists(st.floats(0.0, 120.0), min_size=n, max_size=n))
@@ -702,8 +702,8 @@ def crowded_arrivals(draw):
        cooldown_s=st.sampled_from([0.0, 250.0, 3600.0]))
 def test_add_many_cooldown_stays_exact_when_the_cooldown_forgets_pairs(arrivals, cuts, ops, cooldown_s):
     """Between batches the cooldown forgets pairs (a user purged from it alone, expire, a restored
-    copy): add_many still reports exactly what offer() one at a time accepts. The detector's cache of
-    pair times must never keep a pair in cooldown that the cooldown itself has forgotten."""
+    copy): add_many still reports exactly what offer() one at a time accepts (any cache of pair times
+    in the detector must never keep a pair in cooldown that the cooldown itself has forgotten)."""
     rows, n_sources = arrivals
     params = CrossingParams(cooldown_s=cooldown_s)
     one, many = CellDetector(P, sources=range(n_sources)), CellDetector(P, sources=range(n_sources))
