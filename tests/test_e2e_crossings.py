@@ -150,6 +150,10 @@ def test_worker_survives_garbage_on_every_topic(pipeline_settings):
         for name in ("geo-pings", "connection-logs", "consents"):
             prod.send(s.topic(name), key=b"x", value=b"\x00\x01 not json")
         prod.flush()
+        # Valid but 25 years old, next to the pings below (nothing is late before every source has
+        # sent something): it once made the detector's eviction index one entry per 30 s in between.
+        send_json(prod, s.topic("geo-pings"), "old", {"user_id": "old", "ts": 978_307_200_000,
+                                                      "lat": 48.85, "lon": 2.35, "accuracy_m": 5})
         for j, u in enumerate(["ann", "ben"]):
             send_json(prod, s.topic("geo-pings"), u, {"user_id": u, "ts": int((t0 + j) * 1000),
                                                       "lat": 48.85 + j * 1e-4, "lon": 2.35, "accuracy_m": 5})
