@@ -22,7 +22,7 @@ def test_window_state_is_restored_and_published_once(pipeline_settings):
     s = pipeline_settings
     rng = np.random.default_rng(11)
     now = time.time()
-    w0 = window_start(now, 3600) - 2 * 3600
+    w0 = window_start(now - 1000, 3600) - 2 * 3600  # closers at w0 + 2 h + 400 s stay in the past
     users = [f"r{i:03d}" for i in range(40)]
     pings = [{"user_id": u, "ts": int((w0 + rng.uniform(0, 3600)) * 1000),
               "lat": 48.8566 + rng.normal(0, 0.001), "lon": 2.3522 + rng.normal(0, 0.0015)}

@@ -27,7 +27,9 @@ def test_partner_and_connection_statistics(pipeline_settings):
     s = pipeline_settings
     rng = np.random.default_rng(3)
     now = time.time()
-    w0 = window_start(now, 3600) - 2 * 3600  # a window that the closing events below complete
+    # A window that the closing events below (at w0 + 2 h + 400 s) complete. Those must not be in the
+    # future (skew limit 300 s): in the first minutes of an hour, window_start(now) - 2 h would put them there.
+    w0 = window_start(now - 1000, 3600) - 2 * 3600
     spots = [(48.8566, 2.3522), (48.8606, 2.3376), (48.8530, 2.3690)]
     consents, pings, logs = [], [], []
     opted = {f"p{i:03d}" for i in range(70)}
