@@ -36,7 +36,7 @@ from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
 from anonymizers.pseudonym import Pseudonymizer
 from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, erasure_tag, next_action, on_login
 from anonymizers.windows import recent_windows, window_start
-from geo.crossings import CellDetector, CrossingParams, LateFix, PairCooldown, pair_key, route_many, split_pair_key
+from geo.crossings import CellDetector, LateFix, PairCooldown, pair_key, route_many, split_pair_key
 from geo.zones import SensitiveZones
 from schemas.events import Limits, Reason, Rejection, decode, decode_ping_fast
 from schemas.batches import encode_batches
@@ -432,11 +432,7 @@ async def _reject_record(tp, record, rejection: Rejection) -> None:
 # ---------------------------------------------------------------------------
 # Core objects for the downstream stages
 
-CROSSING = CrossingParams(
-    distance_m=settings.crossing_distance_m, window_s=settings.crossing_window_s,
-    max_accuracy_m=settings.crossing_max_accuracy_m, cooldown_s=settings.crossing_cooldown_s,
-    lateness_s=settings.crossing_lateness_s, place_resolution=settings.crossing_place_resolution,
-)
+CROSSING = settings.crossing_params()
 ZONES = SensitiveZones.from_geojson(settings.zones_path) if settings.zones_path else None
 KANON = KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
                     coarsest_resolution=settings.h3_coarsest_resolution)

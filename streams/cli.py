@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -278,13 +277,11 @@ def crossings_verify() -> None:
 def crossings_detect(input_path: Path, output: Path, distance_m: float | None, window_s: float | None,
                      zones: Path | None) -> None:
     """Run the crossing detector on a file (backfills, audits): one output row per reported crossing."""
-    from geo.crossings import CrossingParams, detect_crossings_file
+    from geo.crossings import detect_crossings_file
     from geo.zones import SensitiveZones
 
     s = _settings()
-    params = CrossingParams(distance_m=distance_m or s.crossing_distance_m, window_s=window_s or s.crossing_window_s,
-                            max_accuracy_m=s.crossing_max_accuracy_m, cooldown_s=s.crossing_cooldown_s,
-                            place_resolution=s.crossing_place_resolution)
+    params = s.crossing_params(distance_m=distance_m or s.crossing_distance_m, window_s=window_s or s.crossing_window_s)
     zone_path = zones or s.zones_path
     started = time.perf_counter()
     n = detect_crossings_file(input_path, output, params,

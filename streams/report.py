@@ -143,16 +143,17 @@ class CrossingCheck:
 def check_crossings(settings: Settings, crossing_records: list[dict] | None = None) -> CrossingCheck:
     """Recompute the crossing pairs from the crossing-cells topic and compare with the crossings topic.
 
-    Each ping the worker accepted for crossings is in crossing-cells once with its home key; the batch
-    detector (geo.crossings.detect_crossings, the same rules) finds the pairs they make. Users with a
-    retraction are left out on both sides (their pairs depend on the moment consent changed), as are
-    pairs of late pings (they were dead-lettered, not matched; `late_pings` says how many there were).
+    Each ping the worker accepted for crossings is in crossing-cells with its home key (twice if it was
+    re-fetched: at-least-once); the batch detector (geo.crossings.detect_pairs, the same rules) finds
+    the pairs they make. Users with a retraction are left out on both sides (their pairs depend on the
+    moment consent changed). Pings late for the detector were dead-lettered, not matched: their pairs
+    can only show on the recomputed side (`late_pings` says how many there were).
     `crossing_records`: the crossings topic already read (read_crossings), if at hand.
     """
     import orjson
     import pandas as pd
 
-    from geo.crossings import CrossingParams, detect_pairs
+    from geo.crossings import detect_pairs
     from geo.zones import SensitiveZones
     from streams.kafkaio import read_topic
 
@@ -176,13 +177,13 @@ def check_crossings(settings: Settings, crossing_records: list[dict] | None = No
                 excluded.add(rec["other_user_id"])
         else:
             streamed.add(tuple(sorted((rec["user_id"], rec["other_user_id"]))))
-    params = CrossingParams(distance_m=settings.crossing_distance_m, window_s=settings.crossing_window_s,
-                            max_accuracy_m=settings.crossing_max_accuracy_m, cooldown_s=settings.crossing_cooldown_s,
-                            place_resolution=settings.crossing_place_resolution)
     zones = SensitiveZones.from_geojson(settings.zones_path) if settings.zones_path else None
-    recomputed = detect_pairs(pings, params, zones) if len(pings) else set()
-    keep = lambda pairs: {p for p in pairs if p[0] not in excluded and p[1] not in excluded}  # noqa: E731
-    s, r = keep(streamed), keep(recomputed)
+    recomputed = detect_pairs(pings, settings.crossing_params(), zones) if len(pings) else set()
+
+    def kept(pairs: set) -> set:
+        return {p for p in pairs if p[0] not in excluded and p[1] not in excluded}
+
+    s, r = kept(streamed), kept(recomputed)
     late = read_counters(settings).late.get("crossing-cells", 0)
     return CrossingCheck(len(pings), late, len(excluded), len(s), len(r), sorted(s - r), sorted(r - s))
 

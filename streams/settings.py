@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     inactivity_days: int = 3 * 365
     inactivity_grace_days: int = 30
 
+    def crossing_params(self, **overrides):
+        """The crossing rules of these settings as geo.crossings.CrossingParams (fields overridable)."""
+        from geo.crossings import CrossingParams
+
+        return CrossingParams(**{
+            "distance_m": self.crossing_distance_m, "window_s": self.crossing_window_s,
+            "max_accuracy_m": self.crossing_max_accuracy_m, "cooldown_s": self.crossing_cooldown_s,
+            "lateness_s": self.crossing_lateness_s, "place_resolution": self.crossing_place_resolution,
+            **overrides})
+
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic name."""
         return f"{self.topic_prefix}{name}"
