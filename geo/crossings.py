@@ -773,17 +773,6 @@ class _KeyState:
             self.n = kept
         return removed
 
-    def append(self, row: np.ndarray, horizon: float) -> None:
-        if self.n == self.data.shape[1]:
-            self.keep(self.data[_TS, : self.n] >= horizon)
-            if self.n >= 0.75 * self.data.shape[1]:
-                grown = np.empty((_COLS, 2 * self.data.shape[1]), dtype=np.float64)
-                grown[:, : self.n] = self.data[:, : self.n]
-                self.data = grown
-        self.data[:, self.n] = row
-        self.n += 1
-
-
     def extend(self, rows: np.ndarray, horizon: float) -> None:
         """Append several rows (columns of `rows`), first dropping pings older than horizon if full."""
         k = rows.shape[1]

@@ -1119,4 +1119,3 @@ def counters_changelog_topic() -> str:
 
 def _json(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
