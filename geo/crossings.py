@@ -1118,7 +1118,16 @@ class CellDetector:
 
 
 class PairCooldown:
-    """Per-pair cooldown over crossings repartitioned by pair_key: report a pair at most once per cooldown_s."""
+    """Per-pair cooldown over crossings repartitioned by pair_key: report a pair at most once per cooldown_s.
+
+    It also remembers who was reported with whom, so that a withdrawal can be retracted on every
+    partner's side. That memory is itself personal data (who met whom), so it is kept no longer
+    than the reports it serves: when offers carry `reported_at` (a wall clock, seconds),
+    `forget_reported_before` drops the pairs whose last report is older, i.e. whose crossing
+    records the `crossings` topic no longer holds.
+    """
+
+    _HOUR = 3600.0  # reported_at is tracked per hour: forgetting is up to an hour late, never early
 
     def __init__(self, params: CrossingParams = CrossingParams()):
         self.params = params
@@ -1126,21 +1135,30 @@ class PairCooldown:
         # user -> {partner: None}: dicts of strings stay untracked by Python's cycle collector, sets
         # would not (with millions of users, every full collection walked them: 100-270 ms pauses).
         self._partners: dict[str, dict[str, None]] = {}
+        self._hour_of: dict[tuple[str, str], int] = {}  # pair -> hour of its last report (wall clock)
+        self._by_hour: dict[int, list[tuple[str, str]]] = {}  # hour -> pairs reported in it (maybe since again)
 
     def offer(self, crossing: Crossing) -> bool:
         """Whether this crossing is to be reported (and, if so, remember it)."""
         return self.offer_pair(crossing.user_a, crossing.user_b, crossing.ts)
 
-    def offer_pair(self, user_a: str, user_b: str, ts: float) -> bool:
-        """offer() for the crossing of user_a < user_b at ts, without building it."""
+    def offer_pair(self, user_a: str, user_b: str, ts: float, reported_at: float | None = None) -> bool:
+        """offer() for the crossing of user_a < user_b at ts, without building it.
+
+        `reported_at`: when a reported crossing is published (wall clock), for `forget_reported_before`.
+        """
         pair = (user_a, user_b)
         last = self._last.get(pair)
         if last is not None:
             if not ts >= last + self.params.cooldown_s:
                 return False
             self._last[pair] = ts  # partners already recorded
+            if reported_at is not None:
+                self._mark(pair, reported_at)
             return True
         self._last[pair] = ts
+        if reported_at is not None:
+            self._mark(pair, reported_at)
         partners = self._partners
         for user, other in ((user_a, user_b), (user_b, user_a)):
             known = partners.get(user)
@@ -1149,6 +1167,42 @@ class PairCooldown:
             else:
                 known[other] = None
         return True
+
+    def _mark(self, pair: tuple[str, str], reported_at: float) -> None:
+        hour = int(reported_at // self._HOUR)
+        if self._hour_of.get(pair) != hour:
+            self._hour_of[pair] = hour
+            bucket = self._by_hour.get(hour)
+            if bucket is None:
+                self._by_hour[hour] = [pair]
+            else:
+                bucket.append(pair)
+
+    def forget_reported_before(self, before: float) -> list[tuple[str, str]]:
+        """Forget every pair last reported (`reported_at`) before the hour of `before`; returns them.
+
+        A forgotten pair's next crossing is reported again, and a withdrawal no longer lists it.
+        Pairs offered without `reported_at` are not affected.
+        """
+        cutoff = int(before // self._HOUR)
+        forgotten = []
+        for hour in sorted(h for h in self._by_hour if h < cutoff):
+            for pair in self._by_hour.pop(hour):
+                if self._hour_of.get(pair) == hour:  # not reported again since
+                    self._drop(pair)
+                    forgotten.append(pair)
+        return forgotten
+
+    def _drop(self, pair: tuple[str, str]) -> None:
+        del self._last[pair]
+        self._hour_of.pop(pair, None)
+        a, b = pair
+        for u, v in ((a, b), (b, a)):
+            partners = self._partners.get(u)
+            if partners is not None:
+                partners.pop(v, None)
+                if not partners:
+                    del self._partners[u]
 
     def partners_of(self, user_id: str) -> frozenset[str]:
         """Users this user has reported crossings with, still held in state (for audits)."""
@@ -1160,6 +1214,7 @@ class PairCooldown:
         for other in partners:
             pair = (user_id, other) if user_id < other else (other, user_id)
             self._last.pop(pair, None)
+            self._hour_of.pop(pair, None)
             others = self._partners.get(other)
             if others is not None:
                 others.pop(user_id, None)
@@ -1170,30 +1225,28 @@ class PairCooldown:
     def expire(self, before: float) -> int:
         """Forget pairs last reported before `before` (their next crossing is reported); returns how many."""
         old = [pair for pair, t in self._last.items() if t < before]
-        for a, b in old:
-            del self._last[(a, b)]
-            for u, v in ((a, b), (b, a)):
-                partners = self._partners.get(u)
-                if partners is not None:
-                    partners.pop(v, None)
-                    if not partners:
-                        del self._partners[u]
+        for pair in old:
+            self._drop(pair)
         return len(old)
 
     def snapshot(self) -> dict:
-        """JSON-ready state."""
-        return {"last": [[a, b, t] for (a, b), t in sorted(self._last.items())]}
+        """JSON-ready state: [user_a, user_b, last ts] per pair, with the hour of its last report if known."""
+        hour_of = self._hour_of
+        return {"last": [[a, b, t] if (a, b) not in hour_of else [a, b, t, hour_of[(a, b)] * self._HOUR]
+                         for (a, b), t in sorted(self._last.items())]}
 
     @classmethod
     def restore(cls, snapshot: dict, params: CrossingParams = CrossingParams()) -> "PairCooldown":
-        """A PairCooldown from a snapshot()."""
+        """A PairCooldown from a snapshot() (entries [a, b, ts] or [a, b, ts, reported_at])."""
         self = cls(params)
-        for a, b, t in snapshot.get("last", []):
+        for a, b, t, *reported_at in snapshot.get("last", []):
             if not a < b:
                 raise ValueError(f"snapshot pair ({a!r}, {b!r}) is not sorted")
             self._last[(a, b)] = float(t)
             self._partners.setdefault(a, {})[b] = None
             self._partners.setdefault(b, {})[a] = None
+            if reported_at:
+                self._mark((a, b), float(reported_at[0]))
         return self
 
     def __len__(self) -> int:

@@ -45,6 +45,7 @@ from schemas.timefmt import format_ts
 from streams.bulk import batch_agent, processing, stage_stats
 from streams.partitioner import partitions_for
 from streams.settings import get_settings, pseudonym_secret
+from streams.topics import crossings_lifetime_s
 from streams.windowstate import SEP, TableBackedWindows
 
 settings = get_settings()
@@ -867,10 +868,50 @@ async def _each_record(tp, records, handle) -> None:
 def _cooldown_of(p: int) -> PairCooldown:
     cooldown = cooldowns.get(p)
     if cooldown is None:
-        prefix = f"{p}|"
-        pairs = [[*split_pair_key(k[len(prefix):]), t] for k, t in pair_table.items() if k.startswith(prefix)]
+        prefix, now = f"{p}|", time.time()
+        # Table values are [last ts, reported at]; a bare ts (written before reported_at was kept)
+        # counts as reported now, so that it is forgotten one crossings lifetime from now.
+        pairs = [[*split_pair_key(k[len(prefix):]), *(v if isinstance(v, list) else (v, now))]
+                 for k, v in pair_table.items() if k.startswith(prefix)]
         cooldown = cooldowns[p] = PairCooldown.restore({"last": pairs}, CROSSING)
     return cooldown
+
+
+PAIR_MEMORY_S = crossings_lifetime_s(settings)
+
+
+@app.timer(300.0)
+async def forget_old_pairs() -> None:
+    """Forget who met whom once the crossings topic no longer holds their records (tombstones included)."""
+    for p, messages in _forget_pairs_reported_before(time.time() - PAIR_MEMORY_S).items():
+        await _send_many(pair_table.changelog_topic, messages)
+
+
+def _forget_pairs_reported_before(before: float) -> dict[int, list[tuple[bytes, None, int]]]:
+    """Drop pairs last reported before `before` from the pair stage; their changelog tombstones by partition."""
+    tombstones: dict[int, list[tuple[bytes, None, int]]] = {}
+    for p, cooldown in list(cooldowns.items()):
+        for a, b in cooldown.forget_reported_before(before):
+            key = f"{p}|{pair_key(a, b)}"
+            pair_table.data.pop(key, None)
+            tombstones.setdefault(p, []).append((orjson.dumps(key), None, p))
+    return tombstones
+
+
+@app.on_partitions_revoked.connect
+async def forget_moved_crossing_state(app, lost, **kwargs) -> None:
+    """Drop in-memory crossing state of partitions this worker no longer owns.
+
+    A partition that comes back must not use state that another worker has moved on from: the pair
+    stage rebuilds its cooldown from the table (which holds the other worker's reports), and the
+    detector starts empty, as after a restart.
+    """
+    for tp in lost:
+        if tp.topic == crossing_pairs.get_topic_name():
+            cooldowns.pop(tp.partition, None)
+        elif tp.topic == crossing_cells.get_topic_name():
+            for state in (detectors, consent_versions, local_cooldowns, detect_seen):
+                state.pop(tp.partition, None)
 
 
 @batch_agent(app, crossing_pairs)
@@ -899,16 +940,17 @@ class _Reports:
         self.keys.append(user.encode())
         self.values.append(value)
 
-    def pair_reported(self, p: int, key: str, ts: float) -> None:
-        pair_table.data[key] = ts
-        self.entries.append((p, key, ts))
+    def pair_reported(self, p: int, key: str, ts: float, reported_at: float) -> None:
+        pair_table.data[key] = value = [ts, reported_at]
+        self.entries.append((p, key, value))
 
     async def flush(self) -> None:
         if self.keys:
             parts = partitions_for(self.keys, await _partition_count(crossings))
             await _send_many(crossings, list(zip(self.keys, self.values, parts)))
         if self.entries:
-            await _send_many(pair_table.changelog_topic, [(*_changelog_entry(key, ts), p) for p, key, ts in self.entries])
+            await _send_many(pair_table.changelog_topic,
+                             [(*_changelog_entry(key, value), p) for p, key, value in self.entries])
         self.keys, self.values, self.entries = [], [], []
 
 
@@ -934,7 +976,8 @@ async def _report_one(tp, record, out: _Reports) -> None:
     body = orjson.loads(record.value)
     cooldown = _cooldown_of(p)
     gone = revoked.setdefault(p, {})
-    now = format_ts(time.time())
+    clock = time.time()
+    now = format_ts(clock)
     if "purge" in body:
         await out.flush()  # crossings reported before the purge reach the topic before its retractions
         user = body["purge"]
@@ -955,9 +998,9 @@ async def _report_one(tp, record, out: _Reports) -> None:
             continue  # computed from pings sent before a withdrawal that has already been applied
         if not a < b:
             raise ValueError(f"crossing-pairs record with users {a!r}, {b!r} not in order")
-        if not cooldown.offer_pair(a, b, ts):
+        if not cooldown.offer_pair(a, b, ts, clock):
             continue
-        out.pair_reported(p, f"{p}|{pair_key(a, b)}", ts)
+        out.pair_reported(p, f"{p}|{pair_key(a, b)}", ts, clock)
         at = format_ts(ts)
         for user, other in ((a, b), (b, a)):  # one record per participant, keyed by that participant
             out.crossing(user, crossing_bytes(user, other, at, place, CROSSING.place_resolution, band, now))

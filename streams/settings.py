@@ -61,6 +61,7 @@ class Settings(BaseSettings):
 
     # Retention
     raw_retention_hours: int = 72
+    crossings_retention_days: int = Field(30, ge=1)  # also bounds who-met-whom state (pair stage)
     stats_retention_days: int = 25 * 31
     inactivity_days: int = 3 * 365
     inactivity_grace_days: int = 30

@@ -19,15 +19,32 @@ class TopicSpec:
     compacted: bool = False
     partitions: int | None = None  # None: settings.partitions (co-partitioned with the inputs)
     internal: bool = False
+    segment_ms: int | None = None  # None: the broker's (7 days), which records may outlive retention by
 
     def configs(self) -> dict[str, str]:
         """Kafka topic configs for this spec."""
         cfg = {"retention.ms": str(self.retention_ms),
                "cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.segment_ms is not None:
+            cfg["segment.ms"] = str(self.segment_ms)
         if self.compacted:
             cfg.update({"min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": str(DAY_MS),
                         "segment.ms": str(6 * HOUR_MS)})
         return cfg
+
+
+CROSSINGS_SEGMENT_MS = DAY_MS
+
+
+def crossings_lifetime_s(settings: Settings) -> float:
+    """The longest a `crossings` record stays readable, in seconds (wall clock).
+
+    Kafka deletes a record only with its whole segment, once the segment's newest record is older
+    than the retention: retention, plus the segment's roll time, plus a day for the broker's
+    retention check and clock skew. The pair stage remembers who was reported with whom (to
+    retract on withdrawal) for this long after a pair's last report, and no longer.
+    """
+    return (settings.crossings_retention_days * DAY_MS + CROSSINGS_SEGMENT_MS + DAY_MS) / 1000
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -38,7 +55,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec("geo-pings", "user_id", raw),
         TopicSpec("connection-logs", "user_id", raw),
         TopicSpec("consents", "user_id", -1, compacted=True),
-        TopicSpec("crossings", "user_id", 30 * DAY_MS),
+        TopicSpec("crossings", "user_id", settings.crossings_retention_days * DAY_MS,
+                  segment_ms=CROSSINGS_SEGMENT_MS),
         TopicSpec("partner-statistics", "window+cell", stats),
         TopicSpec("connection-statistics", "window+group", stats),
         TopicSpec("dead-letters", "source topic", 30 * DAY_MS),

@@ -604,6 +604,82 @@ def test_pair_cooldown_expire_forgets_old_pairs_only():
     assert not cd.offer(Crossing("a", "c", 550.0, "x", "<50m"))  # kept: still cooling down
 
 
+def test_pair_cooldown_forgets_who_met_whom_by_last_report():
+    H = 3600.0
+    cd = PairCooldown(CrossingParams(cooldown_s=100))
+    assert cd.offer_pair("a", "b", 0.0, reported_at=10 * H + 5)
+    assert cd.offer_pair("a", "c", 0.0, reported_at=10 * H + 6)
+    assert cd.offer_pair("b", "c", 0.0)  # no reported_at: never forgotten by report time
+    assert not cd.offer_pair("a", "b", 50.0, reported_at=12 * H)  # in cooldown: not a report
+    assert cd.offer_pair("a", "c", 200.0, reported_at=12 * H)  # reported again, later
+    assert cd.forget_reported_before(10 * H + 4) == []  # reported after the cutoff
+    assert cd.forget_reported_before(10 * H + 3599) == []  # before it, but in its hour: up to an hour late
+    assert cd.forget_reported_before(11 * H) == [("a", "b")]
+    assert cd.partners_of("a") == {"c"} and cd.partners_of("b") == {"c"}
+    assert cd.offer_pair("a", "b", 60.0, reported_at=12 * H)  # forgotten: its next crossing is reported
+    restored = PairCooldown.restore(json.loads(json.dumps(cd.snapshot())), cd.params)
+    assert restored.snapshot() == cd.snapshot()
+    for state in (cd, restored):
+        assert sorted(state.forget_reported_before(13 * H)) == [("a", "b"), ("a", "c")]
+        assert state.partners_of("a") == frozenset() and state.partners_of("c") == {"b"} and len(state) == 1
+
+
+QUARTERS = st.integers(0, 4 * 4).map(lambda q: q * 900.0)  # a coarse grid: pairs re-reported in a later
+# hour, cutoffs on, just after and between report hours come up often
+OFFERS = st.tuples(st.just("offer"), st.sampled_from("abc"), st.sampled_from("abcd"),
+                   st.integers(0, 20).map(lambda k: k * 300.0), st.booleans(), QUARTERS)
+FORGETS = st.tuples(st.just("forget"), QUARTERS, st.sampled_from([0.0, 1.0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.one_of(
+    OFFERS, OFFERS, OFFERS, OFFERS, FORGETS, FORGETS,
+    st.tuples(st.just("purge"), st.sampled_from("abcd")),
+    st.tuples(st.just("restore"))), min_size=20, max_size=60))
+def test_pair_cooldown_keeps_a_pair_exactly_until_an_hour_after_its_last_report(ops):
+    """Against a model, with a wall clock that moves on between offers: a pair reported with
+    reported_at is forgotten by forget_reported_before(t) iff its last report was before t's hour;
+    partners, cooldown and restores agree with the model."""
+    H, cooldown_s = 3600.0, 600.0
+    cd = PairCooldown(CrossingParams(cooldown_s=cooldown_s))
+    last: dict[tuple[str, str], float] = {}
+    hour: dict[tuple[str, str], int | None] = {}
+    clock = 0.0
+    for op in ops:
+        if op[0] == "offer":
+            _, u, v, ts, with_clock, advance = op
+            clock += advance
+            at = clock if with_clock else None
+            if u == v:
+                continue
+            pair = (min(u, v), max(u, v))
+            expect = pair not in last or ts >= last[pair] + cooldown_s
+            assert cd.offer_pair(*pair, ts, at) == expect
+            if expect:
+                last[pair] = ts
+                if at is not None:
+                    hour[pair] = int(at // H)
+                else:
+                    hour.setdefault(pair, None)
+        elif op[0] == "forget":
+            before = clock - op[1] + op[2]
+            cutoff = int(before // H)
+            gone = {p for p in last if hour[p] is not None and hour[p] < cutoff}
+            assert set(cd.forget_reported_before(before)) == gone
+            for p in gone:
+                del last[p], hour[p]
+        elif op[0] == "purge":
+            partners = sorted({x for p in last if op[1] in p for x in p} - {op[1]})
+            assert cd.purge_user(op[1]) == partners
+            for p in [p for p in last if op[1] in p]:
+                del last[p], hour[p]
+        else:
+            cd = PairCooldown.restore(json.loads(json.dumps(cd.snapshot())), cd.params)
+        assert len(cd) == len(last)
+        for u in "abcd":
+            assert cd.partners_of(u) == {x for p in last if u in p for x in p} - {u}
+
+
 # --------------------------------------------------------------------------- batched streaming
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("key,value", [("3|alice bob", 1700000000.25), ("0|zoé 李", 12.0), ("11|a b", 1700000000)])
+@pytest.mark.parametrize("key,value", [("3|alice bob", [1700000000.25, 1764547200.5]), ("0|zoé 李", [12.0, 3600]),
+                                       ("11|a b", 1700000000)])
 def test_pair_table_changelog_entries_are_what_faust_writes(key, value):
     from streams import app as worker
 

@@ -1,0 +1,69 @@
+"""The pair stage's memory of who met whom: kept while `crossings` holds their records, no longer,
+and never reused by a worker after its partition has moved elsewhere."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from faust.types import TP
+
+from geo.crossings import pair_key
+from streams.settings import Settings
+from streams.topics import crossings_lifetime_s, topic_specs
+
+H = 3600.0
+AB, AC, BC = pair_key("a", "b"), pair_key("a", "c"), pair_key("b", "c")
+
+
+@pytest.fixture
+def worker():
+    from streams import app as worker
+
+    saved = dict(worker.pair_table.data), dict(worker.cooldowns), dict(worker.detectors)
+    worker.pair_table.data.clear(), worker.cooldowns.clear(), worker.detectors.clear()
+    yield worker
+    worker.pair_table.data.clear(), worker.cooldowns.clear(), worker.detectors.clear()
+    worker.pair_table.data.update(saved[0]), worker.cooldowns.update(saved[1]), worker.detectors.update(saved[2])
+
+
+def test_pair_memory_outlives_every_crossing_record_the_topic_can_still_hold():
+    settings = Settings(crossings_retention_days=30)
+    spec = {s.name: s for s in topic_specs(settings)}["crossings"].configs()
+    longest_readable_ms = int(spec["retention.ms"]) + int(spec["segment.ms"])  # Kafka deletes whole segments
+    assert crossings_lifetime_s(settings) * 1000 > longest_readable_ms
+    assert crossings_lifetime_s(settings) <= 32 * 24 * H  # and is not kept for much longer
+
+
+def test_pair_stage_forgets_pairs_once_their_records_are_gone(worker):
+    now = time.time()
+    worker.pair_table.data.update({
+        f"3|{AB}": [1000.0, now - 40 * 24 * H],  # last reported 40 days ago
+        f"3|{AC}": [2000.0, now - 2 * H],
+        f"3|{BC}": 1500.0,  # written before reported_at was kept: counts as reported at restore
+        f"1|{AB}": [1000.0, now - 40 * 24 * H],  # another partition, not restored yet: left alone
+    })
+    cooldown = worker._cooldown_of(3)
+    assert cooldown.partners_of("a") == {"b", "c"}
+    tombstones = worker._forget_pairs_reported_before(now - 31 * 24 * H)
+    key = worker.pair_table.changelog_topic.prepare_key(f"3|{AB}", None)[0]
+    assert tombstones == {3: [(key, None, 3)]}
+    assert f"3|{AB}" not in worker.pair_table.data and f"1|{AB}" in worker.pair_table.data
+    assert cooldown.partners_of("a") == {"c"} and cooldown.partners_of("b") == {"c"}
+    assert worker._forget_pairs_reported_before(now - 31 * 24 * H) == {}
+    # The pair's next crossing is reported again, with a fresh memory.
+    assert cooldown.offer_pair("a", "b", 1100.0, now)
+
+
+def test_a_partition_that_moved_away_is_rebuilt_from_the_table_when_it_comes_back(worker):
+    worker.pair_table.data[f"2|{AB}"] = [10.0, 5 * H]
+    stale = worker._cooldown_of(2)
+    other = worker._cooldown_of(0)
+    worker.detectors[2] = object()
+    # Meanwhile another worker owned partition 2 and reported a c (its changelog reached our table).
+    worker.pair_table.data[f"2|{AC}"] = [20.0, 6 * H]
+    asyncio.run(worker.forget_moved_crossing_state(worker.app, {
+        TP(worker.crossing_pairs.get_topic_name(), 2), TP(worker.crossing_cells.get_topic_name(), 2)}))
+    assert 2 not in worker.detectors and worker.cooldowns.get(0) is other
+    fresh = worker._cooldown_of(2)
+    assert fresh is not stale and fresh.partners_of("a") == {"b", "c"}  # a withdrawal retracts both
