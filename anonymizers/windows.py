@@ -116,6 +116,19 @@ class WindowedDistinct:
             self._watermark = ts
         return "ok"
 
+    def advance_source(self, source: Hashable, ts: float) -> None:
+        """Upstream partition `source` has reached event time ts without an item here.
+
+        A progress marker: a source whose items all go elsewhere does not keep these windows open
+        (closed() then returns what it allows). Without sources, the watermark moves to ts.
+        """
+        _check_ts(ts)
+        if not self._source_max:
+            self._watermark = max(self._watermark, ts)
+        elif source in self._source_max and ts > self._source_max[source]:
+            self._source_max[source] = ts
+            self._watermark = max(self._watermark, min(self._source_max.values()))
+
     def closed(self) -> list[ClosedWindow]:
         """Remove and return, oldest first, the windows with end + lateness <= watermark."""
         horizon = self._watermark - self.lateness_s

@@ -817,6 +817,19 @@ class CellDetector:
         progress = min(self._source_max.values()) if self._source_max else self.max_ts
         return progress - self.params.lateness_s
 
+    def advance(self, source: Hashable, ts: float) -> None:
+        """Upstream partition `source` has reached event time ts, without a fix for this detector.
+
+        Its later fixes are judged against it like after a fix of that time: a progress marker, so
+        that a source whose pings all go to other partitions does not hold this watermark back.
+        """
+        if not math.isfinite(ts):
+            raise ValueError(f"progress ts={ts!r} is not a finite number")
+        if source in self._source_max:
+            self._source_max[source] = max(self._source_max[source], float(ts))
+        elif not self._source_max:
+            self.max_ts = max(self.max_ts, float(ts))
+
     @property
     def live_pings(self) -> int:
         """Number of pings held in state, over all keys."""

@@ -354,7 +354,7 @@ async def ingest_pings(tp, records) -> None:
     accepted pings of the batch are routed to their spatial keys together (`route_many`) and
     leave as one message per destination partition (Outbox).
     """
-    out = Outbox(tp.topic, tp.partition)
+    out = Outbox(tp.topic, tp.partition, progress_to=(crossing_cells, stats_cells))
     routed = _ToRoute()
     now = time.time()
     outcomes: list[bool | Rejection] = []
@@ -389,6 +389,8 @@ def _ingest_ping(i: int, record, now: float, out: "Outbox", routed: "_ToRoute") 
             return ping
         fields = (ping.user_id, ping.ts, ping.lat, ping.lon, ping.accuracy_m)
     user, ts = fields[0], fields[1]
+    if ts > out.progress:
+        out.progress = ts
     schedule = _schedule(user)
     purposes = schedule.at(ts) if schedule is not None else frozenset()
     if Purpose.GEOLOCATION not in purposes:
@@ -400,7 +402,7 @@ def _ingest_ping(i: int, record, now: float, out: "Outbox", routed: "_ToRoute") 
 @batch_agent(app, connection_logs)
 async def ingest_connection_logs(tp, records) -> None:
     """Validate connection logs; logs of deleted accounts are dropped."""
-    out = Outbox(tp.topic, tp.partition)
+    out = Outbox(tp.topic, tp.partition, progress_to=(stats_connections,))
     await _ingest_each(tp, records, lambda record: _ingest_connection_log(tp, record, out))
     await out.flush()
 
@@ -410,6 +412,8 @@ async def _ingest_connection_log(tp, record, out: "Outbox") -> str | Rejection:
     log = decode("connection-log", record.value, LIMITS, key=record.key)
     if isinstance(log, Rejection):
         return log
+    if log.ts > out.progress:
+        out.progress = log.ts
     if _is_erased(log.user_id):
         return "dropped_consent"
     _forward_connection_log(record, log, out)
@@ -481,9 +485,14 @@ class Outbox:
     partition is a stable hash of its key, so a key always meets the same stage state.
     """
 
-    def __init__(self, topic: str | None = None, partition: int | None = None) -> None:
+    def __init__(self, topic: str | None = None, partition: int | None = None,
+                 progress_to: tuple[faust.TopicT, ...] = ()) -> None:
         self.src = [topic, partition]
         self.items: dict[tuple[faust.TopicT, int], dict[str, list]] = {}
+        # Largest event time of the batch's valid input, and the stages whose watermarks wait for
+        # this input partition: they hear it (announce_progress) even when none of its records go there.
+        self.progress = -math.inf
+        self.progress_to = progress_to
 
     def add(self, topic: faust.TopicT, key: str, offset: int | None, **fields) -> None:
         """Queue one record for `topic`, placed by its key (_key_partition)."""
@@ -511,6 +520,33 @@ class Outbox:
             for data in encode_batches(columns, {"src": self.src}):
                 await _send(topic, b"batch", data, partition)
         self.items.clear()
+        if self.progress > -math.inf:  # only now: a marker must never overtake the records before it
+            for topic in self.progress_to:
+                slot = (topic, *self.src)
+                if self.progress > _progress.get(slot, -math.inf):
+                    _progress[slot] = self.progress
+
+
+# A stage's watermark is the slowest input partition's event time (minus the lateness). An input
+# partition whose records all go to other stage partitions (a quiet area, few opted-in users, or
+# simply the last records before a pause) would hold it back for as long as that lasts: statistics
+# windows left open, detector state growing. So each input partition's progress also reaches every
+# stage partition as a marker, at most PROGRESS_EVERY_S after the records that made it.
+PROGRESS_EVERY_S = 1.0
+_progress: dict[tuple[faust.TopicT, str, int], float] = {}  # (stage, input topic, input partition) -> event time
+_announced: dict[tuple[faust.TopicT, str, int], float] = {}
+
+
+@app.timer(PROGRESS_EVERY_S)
+async def announce_progress() -> None:
+    """Send each input partition's new progress to every partition of the stages that wait for it."""
+    for slot, progress in list(_progress.items()):
+        if progress > _announced.get(slot, -math.inf):
+            topic, *src = slot
+            marker = orjson.dumps({"src": src, "progress": progress})
+            for q in range(P):
+                await _send(topic, b"progress", marker, q)
+            _announced[slot] = progress
 
 
 def _key_partition(key: str) -> int:
@@ -737,6 +773,11 @@ async def detect(tp, records) -> None:
                 await _detect_batches(tp, pending)
                 pending = []
                 await _detect_purge(tp.partition, body)
+            elif "progress" in body:
+                source, progress = _progress_marker(body)
+                await _detect_batches(tp, pending)  # the marker counts after the batches sent before it
+                pending = []
+                _detector_state(tp.partition)[0].advance(source, progress)
             else:
                 pending.append((record, _checked_batch(body)))
         except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
@@ -745,6 +786,15 @@ async def detect(tp, records) -> None:
 
 
 _CELL_COLUMNS = ("k", "o", "u", "ts", "lat", "lon", "acc", "h", "cv", "raw")
+
+
+def _progress_marker(body: dict) -> tuple[int, float]:
+    """(input partition, event time) of a progress marker (announce_progress), else ValueError."""
+    src, progress = body.get("src"), body.get("progress")
+    if not (isinstance(src, list) and len(src) == 2 and isinstance(src[1], int) and not isinstance(src[1], bool)
+            and isinstance(progress, (int, float)) and not isinstance(progress, bool) and math.isfinite(progress)):
+        raise ValueError("progress marker without an input partition and a finite event time")
+    return src[1], float(progress)
 
 
 def _checked_batch(body: dict) -> dict:
@@ -1018,6 +1068,11 @@ async def _window_one(tp, record, stage: faust.TopicT, windows: TableBackedWindo
     if "purge" in body:
         removed = windows.purge(p, set(body["purge"]))
         await _report_purge(body.get("user"), purged, removed, body)
+        return
+    if "progress" in body:
+        windows.advance(p, *_progress_marker(body))
+        for window in windows.close(p):
+            await publish(window)
         return
     topic, source = body["src"]  # a batch from an Outbox: columns
     for ts, key, member, offset in zip(body["ts"], key_of(body), body["m"], body["o"]):

@@ -50,6 +50,10 @@ class TableBackedWindows:
                 self.members[k] = 1
         return result
 
+    def advance(self, p: int, source: int, ts: float) -> None:
+        """Upstream partition `source` has reached ts (a progress marker); close(p) says what it closes."""
+        self.of(p).advance_source(source, ts)
+
     def close(self, p: int) -> list[ClosedWindow]:
         """Windows of partition p that are now complete; marked published and dropped from the table."""
         out = []

@@ -174,3 +174,39 @@ def test_watermark_waits_for_the_slowest_source():
     closed = wd.closed()
     assert [c.start for c in closed] == [3 * 3600]
     assert wd.add(3 * 3600 + 5, "cell", "m4", source=0) == "late"
+
+
+def test_a_progress_marker_closes_windows_a_quiet_source_held_open():
+    """A source whose items all went elsewhere sends its progress instead: the windows it held open close."""
+    wd = WindowedDistinct(3600, 300, sources=[0, 1])
+    assert wd.add(3600 + 10, "cell", "m1", source=0) == "ok"
+    assert wd.add(2 * 3600 + 400, "cell", "m2", source=0) == "ok"
+    assert wd.closed() == []  # source 1 has sent nothing here
+    wd.advance_source(1, 2 * 3600 + 299)
+    assert wd.closed() == []  # end + lateness not passed yet
+    wd.advance_source(1, 1000.0)  # progress never goes back
+    wd.advance_source(7, 10 * 3600)  # not a source of this stage: ignored
+    assert wd.closed() == []
+    wd.advance_source(1, 2 * 3600 + 300)
+    assert [(c.start, c.members) for c in wd.closed()] == [(3600, {"cell": {"m1"}})]
+    assert wd.add(3600 + 20, "cell", "m3", source=1) == "late"  # judged against its own marker
+
+
+def test_progress_markers_equal_items_that_count_for_nothing():
+    """advance_source(s, ts) then items == an item of s at ts in a window nobody reads, then items."""
+    import random
+
+    rng = random.Random(3)
+    for _ in range(200):
+        a, b = WindowedDistinct(600, 120, sources=[0, 1, 2]), WindowedDistinct(600, 120, sources=[0, 1, 2])
+        closed_a, closed_b = [], []
+        for i in range(30):
+            ts, src = rng.uniform(0, 5000), rng.randrange(3)
+            if rng.random() < 0.3:
+                a.advance_source(src, ts)
+                b.add(ts, ("ghost", i), "nobody", source=src)
+            else:
+                assert a.add(ts, "cell", f"m{i}", source=src) == b.add(ts, "cell", f"m{i}", source=src)
+            closed_a += [(c.start, c.members) for c in a.closed()]
+            closed_b += [(c.start, {k: v for k, v in c.members.items() if k == "cell"}) for c in b.closed()]
+        assert closed_a == [(s, m) for s, m in closed_b if m] and a.watermark == b.watermark

@@ -119,3 +119,33 @@ def _wait_nonempty(s, name, timeout_s=90):
             return records
         time.sleep(1)
     raise AssertionError(f"nothing published on {name} within {timeout_s} s")
+
+
+def test_a_window_closes_when_later_input_goes_elsewhere(pipeline_settings):
+    """Every input partition moves past a window, but nothing it sends later reaches the stats-cells
+    partition holding the window (later pings come from users without a partner opt-in): progress
+    markers close the window anyway, instead of leaving it open until opted-in users ping again."""
+    s = pipeline_settings
+    rng = np.random.default_rng(5)
+    now = time.time()
+    w0 = window_start(now - 1000, 3600) - 2 * 3600
+    opted = [f"p{i:03d}" for i in range(2 * s.k)]
+    pings = [{"user_id": u, "ts": int((w0 + rng.uniform(0, 3600)) * 1000),
+              "lat": 48.8566 + rng.normal(0, 0.001), "lon": 2.3522 + rng.normal(0, 0.001)} for u in opted]
+    later = int((w0 + 2 * 3600 + 400) * 1000)
+    # Many users, so every input partition has some; no opt-in, so none of this goes to statistics.
+    closers = [{"user_id": f"q{i:03d}", "ts": later, "lat": 48.8566, "lon": 2.3522} for i in range(40)]
+    with running_workers(s, count=1):
+        prod = producer(s)
+        for u in opted:
+            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
+                                                     "partner_sharing": True})
+        prod.flush()
+        wait_received(s, {"consents": len(opted)})
+        for d in sorted(pings, key=lambda d: d["ts"]) + closers:
+            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
+        prod.flush()
+        loc = [json.loads(r.value) for r in _wait_nonempty(s, "partner-statistics", timeout_s=60)]
+    assert loc, "the window was never published: an input partition that sent nothing there held it open"
+    assert sum(r["users"] for r in loc) == len(opted)
+    assert {r["window_start"] for r in loc} == {format_ts(w0)}

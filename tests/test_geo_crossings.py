@@ -700,6 +700,35 @@ def routed_arrivals(draw):
     return rows, n_sources
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(arrivals=routed_arrivals(), markers=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 2),
+                                                               st.floats(-500.0, 5000.0)), max_size=6))
+def test_a_progress_marker_counts_like_a_fix_of_its_source_that_matches_nothing(arrivals, markers):
+    """advance(source, ts) moves the watermark as a fix of that source at ts would, and changes no
+    crossing: late fixes and crossings are those of a detector sent such a fix, far from everything."""
+    rows, n_sources = arrivals
+    with_markers = CellDetector(P, sources=range(n_sources))
+    with_ghosts = CellDetector(P, sources=range(n_sources))
+    got, expected = [], []
+    done = 0
+    for j, (at, source, ts) in enumerate(sorted(markers) + [(len(rows), None, None)]):
+        part = rows[done:max(done, at)]
+        done = max(done, at)
+        if part:
+            cols = list(zip(*part))
+            srcs = cols[7] if n_sources else None
+            got += with_markers.add_many(*cols[:7], sources=srcs)
+            expected += with_ghosts.add_many(*cols[:7], sources=srcs)
+        if source is None or (n_sources and source >= n_sources):
+            continue
+        with_markers.advance(source if n_sources else None, ts)
+        ghost = with_ghosts.add_many([f"ghost{j}"], [ts], [-60.0 + j], [0.0], [None], ["ghost"], ["ghost"],
+                                     sources=[source] if n_sources else None)
+        assert ghost[0] == [] or isinstance(ghost[0], LateFix)
+    assert got == expected
+    assert with_markers.watermark == with_ghosts.watermark
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(arrivals=routed_arrivals(), cuts=st.lists(st.integers(0, 400), max_size=6), zones=st.booleans(),
        cooldown_s=st.sampled_from([None, 0.0, 250.0, 3600.0]))
