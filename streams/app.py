@@ -457,6 +457,9 @@ stats_connections = _topic("stats-connections", internal=True)
 erasure_reports = _topic("erasure-reports", internal=True)
 
 pair_table = app.Table("pair-last", default=None, partitions=P, key_type=str)
+# Withdrawal guards of the pair stage, "p|erasure tag" -> [consent version withdrawn, wall clock]: a
+# restarted worker, or one that takes the partition over, still drops candidates computed before.
+guard_table = app.Table("pair-guard", default=None, partitions=P, key_type=str)
 location_windows = TableBackedWindows(
     app.Table("location-members", default=None, partitions=P, key_type=str),
     app.Table("location-published", default=None, partitions=P, key_type=str),
@@ -927,14 +930,42 @@ def _cooldown_of(p: int) -> PairCooldown:
     return cooldown
 
 
+def _guards_of(p: int) -> dict[str, float]:
+    """Partition p's withdrawal guards, erasure tag -> withdrawn consent version (rebuilt from the table)."""
+    guards = revoked.get(p)
+    if guards is None:
+        prefix = f"{p}|"
+        guards = revoked[p] = {k[len(prefix):]: v[0] for k, v in guard_table.items() if k.startswith(prefix)}
+    return guards
+
+
 PAIR_MEMORY_S = crossings_lifetime_s(settings)
+# A candidate predating a withdrawal is computed from pings in crossing-cells, kept for the raw
+# retention at most (a detector may re-read them after a restart): its guard is needed that long.
+GUARD_MEMORY_S = settings.raw_retention_hours * 3600.0 + DAY_S
 
 
 @app.timer(300.0)
 async def forget_old_pairs() -> None:
     """Forget who met whom once the crossings topic no longer holds their records (tombstones included)."""
-    for p, messages in _forget_pairs_reported_before(time.time() - PAIR_MEMORY_S).items():
+    now = time.time()
+    for p, messages in _forget_pairs_reported_before(now - PAIR_MEMORY_S).items():
         await _send_many(pair_table.changelog_topic, messages)
+    for p, messages in _forget_guards_set_before(now - GUARD_MEMORY_S).items():
+        await _send_many(guard_table.changelog_topic, messages)
+
+
+def _forget_guards_set_before(before: float) -> dict[int, list[tuple[bytes, None, int]]]:
+    """Drop withdrawal guards set before `before` (wall clock); their changelog tombstones by partition."""
+    tombstones: dict[int, list[tuple[bytes, None, int]]] = {}
+    for key in [k for k, (_, set_at) in guard_table.data.items() if set_at < before]:
+        p_, _, tag = key.partition("|")
+        p = int(p_)
+        del guard_table.data[key]
+        if p in revoked:
+            revoked[p].pop(tag, None)
+        tombstones.setdefault(p, []).append((orjson.dumps(key), None, p))
+    return tombstones
 
 
 def _forget_pairs_reported_before(before: float) -> dict[int, list[tuple[bytes, None, int]]]:
@@ -953,12 +984,13 @@ async def forget_moved_crossing_state(app, lost, **kwargs) -> None:
     """Drop in-memory crossing state of partitions this worker no longer owns.
 
     A partition that comes back must not use state that another worker has moved on from: the pair
-    stage rebuilds its cooldown from the table (which holds the other worker's reports), and the
-    detector starts empty, as after a restart.
+    stage rebuilds its cooldown and withdrawal guards from their tables (which hold what the other
+    worker did), and the detector starts empty, as after a restart.
     """
     for tp in lost:
         if tp.topic == crossing_pairs.get_topic_name():
             cooldowns.pop(tp.partition, None)
+            revoked.pop(tp.partition, None)
         elif tp.topic == crossing_cells.get_topic_name():
             for state in (detectors, consent_versions, local_cooldowns, detect_seen):
                 state.pop(tp.partition, None)
@@ -1025,7 +1057,7 @@ async def _report_one(tp, record, out: _Reports) -> None:
     p = tp.partition
     body = orjson.loads(record.value)
     cooldown = _cooldown_of(p)
-    gone = revoked.setdefault(p, {})
+    gone = _guards_of(p)
     clock = time.time()
     now = format_ts(clock)
     if "purge" in body:
@@ -1033,6 +1065,7 @@ async def _report_one(tp, record, out: _Reports) -> None:
         user = body["purge"]
         tag = erasure_tag(SECRET, user)  # keyed hash: no user id is kept in this guard
         gone[tag] = max(gone.get(tag, 0.0), body["v"])
+        guard_table[f"{p}|{tag}"] = [gone[tag], clock]  # written at this record's partition
         partners = cooldown.purge_user(user)
         await _report_purge(user, "crossing_pairs", len(partners), body)
         for other in partners:

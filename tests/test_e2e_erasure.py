@@ -9,6 +9,7 @@ from kafka.partitioner.default import murmur2
 
 from schemas.timefmt import format_ts
 from streams.audit import audit_user
+from streams.kafkaio import latest_by_key
 from streams.report import read_counters
 from tests.e2e_helpers import consume_all, producer, running_workers, send_json, wait_received
 
@@ -70,6 +71,11 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
         retractions = [(k, v) for k, v in _docs(s, "crossings") if v["type"] == "retraction"]
         assert ("bob", "alice") in [(k, v.get("other_user_id")) for k, v in retractions]
         assert any(k == "alice" and v.get("other_user_id") is None for k, v in retractions)
+        # Every pair partition keeps a guard against candidates computed before the deletion, in a
+        # changelogged table (a restarted worker keeps it), by keyed hash: never the id.
+        guards = _wait(lambda: latest_by_key(s.bootstrap_servers, f"{s.app_id}-pair-guard-changelog"),
+                       lambda g: len(g) >= s.partitions)
+        assert len(guards) == s.partitions and "alice" not in repr(guards)
 
         # Later events of the deleted user are dropped and counted.
         dropped_before = read_counters(s).topics["geo-pings"].dropped_consent

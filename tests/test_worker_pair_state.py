@@ -67,3 +67,22 @@ def test_a_partition_that_moved_away_is_rebuilt_from_the_table_when_it_comes_bac
     assert 2 not in worker.detectors and worker.cooldowns.get(0) is other
     fresh = worker._cooldown_of(2)
     assert fresh is not stale and fresh.partners_of("a") == {"b", "c"}  # a withdrawal retracts both
+
+
+def test_withdrawal_guards_survive_a_move_and_expire_after_the_raw_retention(worker):
+    """The guard that drops candidates computed before a withdrawal is rebuilt from its table when a
+    partition comes back (or after a restart), and kept as long as such candidates can be recomputed."""
+    now = time.time()
+    worker.guard_table.data.update({"1|tagA": [500.0, now - 60], "1|tagB": [700.0, now - 5 * 24 * H],
+                                    "2|tagC": [900.0, now - 5 * 24 * H]})
+    try:
+        assert worker._guards_of(1) == {"tagA": 500.0, "tagB": 700.0}
+        worker.revoked[1]["tagZ"] = 1.0  # set in memory only: must not outlive the partition's move
+        asyncio.run(worker.forget_moved_crossing_state(worker.app, {TP(worker.crossing_pairs.get_topic_name(), 1)}))
+        assert worker._guards_of(1) == {"tagA": 500.0, "tagB": 700.0}
+        assert worker.GUARD_MEMORY_S >= worker.settings.raw_retention_hours * H
+        tombstones = worker._forget_guards_set_before(now - worker.GUARD_MEMORY_S)
+        assert sorted(tombstones) == [1, 2] and tombstones[1] == [(b'"1|tagB"', None, 1)]
+        assert worker._guards_of(1) == {"tagA": 500.0} and set(worker.guard_table.data) == {"1|tagA"}
+    finally:
+        worker.guard_table.data.clear(), worker.revoked.clear()
