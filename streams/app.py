@@ -979,21 +979,27 @@ def _forget_pairs_reported_before(before: float) -> dict[int, list[tuple[bytes, 
     return tombstones
 
 
-@app.on_partitions_revoked.connect
-async def forget_moved_crossing_state(app, lost, **kwargs) -> None:
-    """Drop in-memory crossing state of partitions this worker no longer owns.
+_owned: set = set()  # this worker's assignment after the last rebalance
+
+
+@app.on_partitions_assigned.connect
+async def forget_moved_crossing_state(app, assigned, **kwargs) -> None:
+    """Drop in-memory crossing state of partitions this worker did not own before this rebalance.
 
     A partition that comes back must not use state that another worker has moved on from: the pair
     stage rebuilds its cooldown and withdrawal guards from their tables (which hold what the other
-    worker did), and the detector starts empty, as after a restart.
+    worker did), and the detector starts empty, as after a restart. Partitions kept through the
+    rebalance (Kafka revokes everything first, then assigns) keep their state.
     """
-    for tp in lost:
+    global _owned
+    for tp in set(assigned) - _owned:
         if tp.topic == crossing_pairs.get_topic_name():
             cooldowns.pop(tp.partition, None)
             revoked.pop(tp.partition, None)
         elif tp.topic == crossing_cells.get_topic_name():
             for state in (detectors, consent_versions, local_cooldowns, detect_seen):
                 state.pop(tp.partition, None)
+    _owned = set(assigned)
 
 
 @batch_agent(app, crossing_pairs)

@@ -20,11 +20,13 @@ AB, AC, BC = pair_key("a", "b"), pair_key("a", "c"), pair_key("b", "c")
 def worker():
     from streams import app as worker
 
-    saved = dict(worker.pair_table.data), dict(worker.cooldowns), dict(worker.detectors)
+    saved = dict(worker.pair_table.data), dict(worker.cooldowns), dict(worker.detectors), set(worker._owned)
     worker.pair_table.data.clear(), worker.cooldowns.clear(), worker.detectors.clear()
+    worker._owned = set()
     yield worker
     worker.pair_table.data.clear(), worker.cooldowns.clear(), worker.detectors.clear()
     worker.pair_table.data.update(saved[0]), worker.cooldowns.update(saved[1]), worker.detectors.update(saved[2])
+    worker._owned = saved[3]
 
 
 def test_pair_memory_outlives_every_crossing_record_the_topic_can_still_hold():
@@ -55,16 +57,23 @@ def test_pair_stage_forgets_pairs_once_their_records_are_gone(worker):
     assert cooldown.offer_pair("a", "b", 1100.0, now)
 
 
+def _rebalance(worker, *partitions):
+    """The worker is assigned these partitions of crossing-pairs and crossing-cells."""
+    tps = {TP(t.get_topic_name(), p) for t in (worker.crossing_pairs, worker.crossing_cells) for p in partitions}
+    asyncio.run(worker.forget_moved_crossing_state(worker.app, tps))
+
+
 def test_a_partition_that_moved_away_is_rebuilt_from_the_table_when_it_comes_back(worker):
+    _rebalance(worker, 0, 2)
     worker.pair_table.data[f"2|{AB}"] = [10.0, 5 * H]
     stale = worker._cooldown_of(2)
-    other = worker._cooldown_of(0)
-    worker.detectors[2] = object()
-    # Meanwhile another worker owned partition 2 and reported a c (its changelog reached our table).
-    worker.pair_table.data[f"2|{AC}"] = [20.0, 6 * H]
-    asyncio.run(worker.forget_moved_crossing_state(worker.app, {
-        TP(worker.crossing_pairs.get_topic_name(), 2), TP(worker.crossing_cells.get_topic_name(), 2)}))
-    assert 2 not in worker.detectors and worker.cooldowns.get(0) is other
+    kept = worker._cooldown_of(0)
+    worker.detectors[0], worker.detectors[2] = "kept", "stale"
+    _rebalance(worker, 0)  # partition 2 moves to another worker, which reports a c: its changelog
+    worker.pair_table.data[f"2|{AC}"] = [20.0, 6 * H]  # reaches our table (a standby or a later recovery)
+    _rebalance(worker, 0, 2)  # and comes back
+    assert worker.cooldowns.get(0) is kept and worker.detectors.get(0) == "kept"  # owned all along
+    assert 2 not in worker.detectors
     fresh = worker._cooldown_of(2)
     assert fresh is not stale and fresh.partners_of("a") == {"b", "c"}  # a withdrawal retracts both
 
@@ -78,7 +87,8 @@ def test_withdrawal_guards_survive_a_move_and_expire_after_the_raw_retention(wor
     try:
         assert worker._guards_of(1) == {"tagA": 500.0, "tagB": 700.0}
         worker.revoked[1]["tagZ"] = 1.0  # set in memory only: must not outlive the partition's move
-        asyncio.run(worker.forget_moved_crossing_state(worker.app, {TP(worker.crossing_pairs.get_topic_name(), 1)}))
+        _rebalance(worker, 0)
+        _rebalance(worker, 0, 1)
         assert worker._guards_of(1) == {"tagA": 500.0, "tagB": 700.0}
         assert worker.GUARD_MEMORY_S >= worker.settings.raw_retention_hours * H
         tombstones = worker._forget_guards_set_before(now - worker.GUARD_MEMORY_S)
