@@ -955,10 +955,18 @@ async def forget_old_pairs() -> None:
         await _send_many(guard_table.changelog_topic, messages)
 
 
+def _owned_pair_partitions() -> list[int]:
+    """The crossing-pairs partitions this worker owns now: only their owner forgets their entries
+    (a copy left from an earlier ownership may be older than what the owner has written since)."""
+    name = crossing_pairs.get_topic_name()
+    return sorted(tp.partition for tp in _owned if tp.topic == name)
+
+
 def _forget_guards_set_before(before: float) -> dict[int, list[tuple[bytes, None, int]]]:
     """Drop withdrawal guards set before `before` (wall clock); their changelog tombstones by partition."""
     tombstones: dict[int, list[tuple[bytes, None, int]]] = {}
-    for key in [k for k, (_, set_at) in guard_table.data.items() if set_at < before]:
+    owned = {f"{p}|" for p in _owned_pair_partitions()}
+    for key in [k for k, (_, set_at) in guard_table.data.items() if set_at < before and k[:k.index("|") + 1] in owned]:
         p_, _, tag = key.partition("|")
         p = int(p_)
         del guard_table.data[key]
@@ -971,8 +979,8 @@ def _forget_guards_set_before(before: float) -> dict[int, list[tuple[bytes, None
 def _forget_pairs_reported_before(before: float) -> dict[int, list[tuple[bytes, None, int]]]:
     """Drop pairs last reported before `before` from the pair stage; their changelog tombstones by partition."""
     tombstones: dict[int, list[tuple[bytes, None, int]]] = {}
-    for p, cooldown in list(cooldowns.items()):
-        for a, b in cooldown.forget_reported_before(before):
+    for p in _owned_pair_partitions():
+        for a, b in _cooldown_of(p).forget_reported_before(before):
             key = f"{p}|{pair_key(a, b)}"
             pair_table.data.pop(key, None)
             tombstones.setdefault(p, []).append((orjson.dumps(key), None, p))

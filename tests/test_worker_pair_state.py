@@ -29,6 +29,12 @@ def worker():
     worker._owned = saved[3]
 
 
+def _rebalance(worker, *partitions):
+    """The worker is assigned these partitions of crossing-pairs and crossing-cells."""
+    tps = {TP(t.get_topic_name(), p) for t in (worker.crossing_pairs, worker.crossing_cells) for p in partitions}
+    asyncio.run(worker.forget_moved_crossing_state(worker.app, tps))
+
+
 def test_pair_memory_outlives_every_crossing_record_the_topic_can_still_hold():
     settings = Settings(crossings_retention_days=30)
     spec = {s.name: s for s in topic_specs(settings)}["crossings"].configs()
@@ -43,24 +49,21 @@ def test_pair_stage_forgets_pairs_once_their_records_are_gone(worker):
         f"3|{AB}": [1000.0, now - 40 * 24 * H],  # last reported 40 days ago
         f"3|{AC}": [2000.0, now - 2 * H],
         f"3|{BC}": 1500.0,  # written before reported_at was kept: counts as reported at restore
-        f"1|{AB}": [1000.0, now - 40 * 24 * H],  # another partition, not restored yet: left alone
+        f"1|{AB}": [1000.0, now - 40 * 24 * H],  # a partition this worker no longer owns
     })
+    _rebalance(worker, 1)
+    worker._cooldown_of(1)  # a copy left from when this worker owned partition 1
+    _rebalance(worker, 3)
     cooldown = worker._cooldown_of(3)
     assert cooldown.partners_of("a") == {"b", "c"}
     tombstones = worker._forget_pairs_reported_before(now - 31 * 24 * H)
     key = worker.pair_table.changelog_topic.prepare_key(f"3|{AB}", None)[0]
-    assert tombstones == {3: [(key, None, 3)]}
+    assert tombstones == {3: [(key, None, 3)]}  # partition 1's owner forgets its entries, not this worker
     assert f"3|{AB}" not in worker.pair_table.data and f"1|{AB}" in worker.pair_table.data
     assert cooldown.partners_of("a") == {"c"} and cooldown.partners_of("b") == {"c"}
     assert worker._forget_pairs_reported_before(now - 31 * 24 * H) == {}
     # The pair's next crossing is reported again, with a fresh memory.
     assert cooldown.offer_pair("a", "b", 1100.0, now)
-
-
-def _rebalance(worker, *partitions):
-    """The worker is assigned these partitions of crossing-pairs and crossing-cells."""
-    tps = {TP(t.get_topic_name(), p) for t in (worker.crossing_pairs, worker.crossing_cells) for p in partitions}
-    asyncio.run(worker.forget_moved_crossing_state(worker.app, tps))
 
 
 def test_a_partition_that_moved_away_is_rebuilt_from_the_table_when_it_comes_back(worker):
@@ -92,7 +95,7 @@ def test_withdrawal_guards_survive_a_move_and_expire_after_the_raw_retention(wor
         assert worker._guards_of(1) == {"tagA": 500.0, "tagB": 700.0}
         assert worker.GUARD_MEMORY_S >= worker.settings.raw_retention_hours * H
         tombstones = worker._forget_guards_set_before(now - worker.GUARD_MEMORY_S)
-        assert sorted(tombstones) == [1, 2] and tombstones[1] == [(b'"1|tagB"', None, 1)]
-        assert worker._guards_of(1) == {"tagA": 500.0} and set(worker.guard_table.data) == {"1|tagA"}
+        assert tombstones == {1: [(b'"1|tagB"', None, 1)]}  # 2|tagC: not owned here, its owner forgets it
+        assert worker._guards_of(1) == {"tagA": 500.0} and set(worker.guard_table.data) == {"1|tagA", "2|tagC"}
     finally:
         worker.guard_table.data.clear(), worker.revoked.clear()
