@@ -265,7 +265,11 @@ class _BatchGrid:
 
     @staticmethod
     def lon_cell(lon: np.ndarray, n: np.ndarray) -> np.ndarray:
-        x = np.mod(lon + 180.0, 360.0)
+        return _BatchGrid.x_cell(np.mod(lon + 180.0, 360.0), n)
+
+    @staticmethod
+    def x_cell(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """lon_cell of x = (lon + 180) mod 360, in [0, 360): monotone in x."""
         return np.minimum(np.floor(x * n / 360.0).astype(np.int64), n - 1)
 
 
@@ -390,8 +394,11 @@ def _matching_pairs(pings: _Pings, params: CrossingParams, chunk: int = 1 << 17,
     nl = nl_table[band - b_min]
     k = grid.lon_cell(lon, nl)
     # Per-band lon offsets keep the numbering compact (bands have slightly different cell counts).
-    k_first = grid.lon_cell(np.full(len(nl_table), lon.min()), nl_table)
-    kw = int((grid.lon_cell(np.full(len(nl_table), lon.max()), nl_table) - k_first).max()) + 1
+    # The extent is taken on x = (lon + 180) mod 360, where cells are monotone (lon 180 is lon -180,
+    # cell 0: taking lon.max() as the eastern end once gave a negative width).
+    x = np.mod(lon + 180.0, 360.0)
+    k_first = grid.x_cell(np.full(len(nl_table), x.min()), nl_table)
+    kw = int((grid.x_cell(np.full(len(nl_table), x.max()), nl_table) - k_first).max()) + 1
     if (b_max - b_min + 1) * kw * (n + 1) < 2**62:
         n_cells = (b_max - b_min + 1) * kw
 

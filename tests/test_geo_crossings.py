@@ -199,6 +199,11 @@ EDGE_CASES = [
     ("antimeridian", [("a", 0, 0.0, 179.9995), ("b", 0, 0.0, -179.9995)], {("a", "b")}),
     ("antimeridian-180", [("a", 0, 10.0, 180.0), ("b", 0, 10.0, -180.0)], {("a", "b")}),
     ("antimeridian-far", [("a", 0, 0.0, 179.99), ("b", 0, 0.0, -179.99)], set()),
+    # lon 180 is -180 (cell 0) while the other pings are just west of it: the batch grid once took
+    # 180 as the eastern end of the pings' extent and failed (found by the oracle property)
+    ("antimeridian-180-and-west", [("a", 0, 0.0, 180.0), ("b", 0, 0.0, 179.999591)], {("a", "b")}),
+    ("antimeridian-180-both-sides", [("a", 0, 0.0, 180.0), ("b", 0, 0.0, 179.9996), ("c", 9, 0.0, -179.9996)],
+     {("a", "b"), ("a", "c"), ("b", "c")}),
     ("north-pole-across", [("a", 0, 89.999, 0.0), ("b", 0, 89.999, 180.0)], {("a", "b")}),
     ("near-pole-89.99", [("a", 0, 89.99, 0.0), ("b", 0, 89.99, 1.0)], {("a", "b")}),
     ("near-pole-89.99-far", [("a", 0, 89.99, 0.0), ("b", 0, 89.99, 30.0)], set()),
