@@ -89,6 +89,10 @@ class WindowedDistinct:
         """Largest event time seen so far, or None before the first item."""
         return None if self._watermark == -math.inf else self._watermark
 
+    def source_progress(self) -> dict[Hashable, float]:
+        """Each upstream partition's event-time progress as seen here (-inf: nothing from it yet)."""
+        return dict(self._source_max)
+
     def open_windows(self) -> list[float]:
         """Start times of the windows currently held, in order."""
         return sorted(self._windows)

@@ -837,6 +837,10 @@ class CellDetector:
         elif not self._source_max:
             self.max_ts = max(self.max_ts, float(ts))
 
+    def source_progress(self) -> dict[Hashable, float]:
+        """Each upstream partition's event-time progress as seen here (-inf: nothing from it yet)."""
+        return dict(self._source_max)
+
     @property
     def live_pings(self) -> int:
         """Number of pings held in state, over all keys."""
@@ -1271,3 +1275,7 @@ class PairCooldown:
 
     def __len__(self) -> int:
         return len(self._last)
+
+    def users(self) -> int:
+        """Users with at least one remembered partner."""
+        return len(self._partners)

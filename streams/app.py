@@ -1251,6 +1251,46 @@ async def batches_view(web, request):
     return web.json({topic: vars(stats) for topic, stats in stage_stats(app).items()})
 
 
+@app.page("/state/")
+async def state_view(web, request):
+    """Per stage partition of this worker: watermark, the input partition holding it back, state held."""
+    return web.json(state_summary())
+
+
+def _ts_or_none(t: float | None) -> str | None:
+    return None if t is None or not math.isfinite(t) else format_ts(t)
+
+
+def _progress_view(progress: dict) -> dict:
+    """Watermark inputs of a stage partition: the slowest input partition, and how far each is."""
+    slowest = min(progress, key=progress.get) if progress else None
+    return {"slowest_input": slowest, "input_progress": {str(k): _ts_or_none(v) for k, v in sorted(progress.items())}}
+
+
+def state_summary() -> dict:
+    """What the crossing and statistics stages of this worker hold, by stage and partition (no user data).
+
+    A watermark that stays behind points at the input partition holding it back (`slowest_input`):
+    an input partition that receives nothing at all keeps windows open and detector state growing.
+    """
+    owned = {(tp.topic, tp.partition) for tp in _owned}
+    out: dict[str, dict] = {}
+    for p, det in sorted(detectors.items()):
+        out.setdefault("crossing-cells", {})[str(p)] = {
+            "owned": (crossing_cells.get_topic_name(), p) in owned, "watermark": _ts_or_none(det.watermark),
+            "live_pings": det.live_pings, "memory_bytes": det.memory_bytes(), **_progress_view(det.source_progress())}
+    for p, cooldown in sorted(cooldowns.items()):
+        out.setdefault("crossing-pairs", {})[str(p)] = {
+            "owned": (crossing_pairs.get_topic_name(), p) in owned, "pairs": len(cooldown),
+            "users_with_partners": cooldown.users(), "withdrawal_guards": len(revoked.get(p, {}))}
+    for stage, windows in (("stats-cells", location_windows), ("stats-connections", connection_windows)):
+        for p, wd in sorted(windows.partitions().items()):
+            out.setdefault(stage, {})[str(p)] = {
+                "watermark": _ts_or_none(wd.watermark), "open_windows": [format_ts(w) for w in wd.open_windows()],
+                **_progress_view(wd.source_progress())}
+    return out
+
+
 @app.page("/health/")
 async def health_view(web, request):
     """Liveness."""

@@ -76,6 +76,10 @@ class TableBackedWindows:
             self.members.pop(k, None)
         return removed
 
+    def partitions(self) -> dict[int, WindowedDistinct]:
+        """The window state of each partition used on this worker so far."""
+        return dict(self._by_partition)
+
     def memberships_of(self, members: set[str]) -> int:
         """How many (window, key) memberships these members hold in memory (for audits)."""
         return sum(wd.memberships_of(m) for wd in self._by_partition.values() for m in members)

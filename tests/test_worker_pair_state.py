@@ -99,3 +99,23 @@ def test_withdrawal_guards_survive_a_move_and_expire_after_the_raw_retention(wor
         assert worker._guards_of(1) == {"tagA": 500.0} and set(worker.guard_table.data) == {"1|tagA", "2|tagC"}
     finally:
         worker.guard_table.data.clear(), worker.revoked.clear()
+
+
+def test_state_page_points_at_the_input_partition_holding_a_watermark_back(worker):
+    from geo.crossings import CellDetector
+
+    _rebalance(worker, 1)
+    det = worker.detectors[1] = CellDetector(worker.CROSSING, sources=range(3))
+    det.add_many(["zz-user-9"], [7200.0], [48.85], [2.35], [None], ["k"], ["k"], sources=[0])
+    det.advance(2, 7300.0)
+    worker._cooldown_of(1).offer_pair("aa-user-1", "bb-user-2", 10.0, 5 * H)
+    state = worker.state_summary()
+    cells = state["crossing-cells"]["1"]
+    assert cells["watermark"] is None and cells["slowest_input"] == 1  # input partition 1: nothing yet
+    assert cells["live_pings"] == 1 and cells["owned"]
+    det.advance(1, 7250.0)
+    cells = worker.state_summary()["crossing-cells"]["1"]
+    assert cells["slowest_input"] == 0 and cells["watermark"] == worker.format_ts(7200.0 - worker.CROSSING.lateness_s)
+    assert state["crossing-pairs"]["1"] == {"owned": True, "pairs": 1, "users_with_partners": 2,
+                                            "withdrawal_guards": 0}
+    assert not any(u in repr(state) for u in ("zz-user-9", "aa-user-1", "bb-user-2"))  # no user data
