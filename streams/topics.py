@@ -72,7 +72,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def create_topics(settings: Settings) -> list[str]:
-    """Create every missing topic (idempotent); returns one line per topic."""
+    """Create every missing topic and bring existing ones to the declared configs (idempotent).
+
+    Returns one line per topic. Existing topics get only the config keys declared here (an
+    incremental update: other overrides an operator set stay); partition counts are not changed.
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -84,7 +88,8 @@ def create_topics(settings: Settings) -> list[str]:
             name = settings.topic(spec.name)
             parts = spec.partitions or settings.partitions
             if name in existing:
-                lines.append(f"exists   {name}")
+                changed = _update_configs(admin, name, spec.configs())
+                lines.append(f"updated  {name} ({', '.join(changed)})" if changed else f"exists   {name}")
                 continue
             try:
                 admin.create_topics([NewTopic(name, parts, 1, topic_configs=spec.configs())])
@@ -94,6 +99,18 @@ def create_topics(settings: Settings) -> list[str]:
         return lines
     finally:
         admin.close()
+
+
+def _update_configs(admin, name: str, wanted: dict[str, str]) -> list[str]:
+    """Set the declared configs of an existing topic that differ; returns "key=value" of each one set."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    current = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)], config_filter="all")
+    values = {k: v.get("value") for k, v in current.get("topic", {}).get(name, {}).items()}
+    changed = {k: v for k, v in wanted.items() if values.get(k) != v}
+    if changed:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=changed)], incremental=True)
+    return [f"{k}={v}" for k, v in sorted(changed.items())]
 
 
 def delete_topics(settings: Settings) -> None:
