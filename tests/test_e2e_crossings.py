@@ -147,6 +147,7 @@ def test_worker_survives_garbage_on_every_topic(pipeline_settings):
         for name in internal:
             prod.send(s.topic(name), key=b"junk", value=b'{"not": "what this stage expects"')
             prod.send(s.topic(name), key=b"junk", value=b'[["key", {"u": 1}]]')
+            prod.send(s.topic(name), key=b"progress", value=b'{"src": "nowhere", "progress": "soon"}')
         for name in ("geo-pings", "connection-logs", "consents"):
             prod.send(s.topic(name), key=b"x", value=b"\x00\x01 not json")
         prod.flush()
@@ -160,10 +161,10 @@ def test_worker_survives_garbage_on_every_topic(pipeline_settings):
         prod.flush()
         records = _wait_for(s, lambda recs: ("ann", "ben") in reported_pairs(recs))
         assert ("ann", "ben") in reported_pairs(records), "the pipeline stopped after junk input"
-        letters = [json.loads(r.value) for r in consume_all(s, "dead-letters", min_count=2 * len(internal) + 3)]
+        letters = [json.loads(r.value) for r in consume_all(s, "dead-letters", min_count=3 * len(internal) + 3)]
     quarantined = [d for d in letters if d["reason"] == "processing_error"]
     assert sorted({d["source_topic"] for d in quarantined}) == sorted(s.topic(n) for n in internal)
-    assert len(quarantined) == 2 * len(internal)
+    assert len(quarantined) == 3 * len(internal)
     assert {d["reason"] for d in letters if d not in quarantined} == {"not_json"}
 
 
