@@ -206,3 +206,40 @@ def test_consents_sent_before_pings_apply_to_them_in_a_backlog(pipeline_settings
                if d["type"] == "crossing")
     no_geolocation = sum(1 for u in off if off[u] == "geolocation")
     assert counters.topics["geo-pings"].dropped_consent == 10 * no_geolocation
+
+
+def test_every_detector_partition_hears_every_input_partition(pipeline_settings):
+    """Pings of users on every input partition, all at one spot (so they reach one or two of the
+    detector's partitions): the worker's /state/ shows every detector partition knowing every input
+    partition's progress (progress markers), so every watermark exists and evicts old pings."""
+    import urllib.request
+
+    from kafka.partitioner.default import murmur2
+
+    s = pipeline_settings
+    now = time.time()
+    users = [f"u{i:03d}" for i in range(40)]
+    assert {(murmur2(u.encode()) & 0x7FFFFFFF) % s.partitions for u in users} == set(range(s.partitions))
+    with running_workers(s, count=1) as workers:
+        port = workers[0].args[-1]
+        prod = producer(s)
+        for i, u in enumerate(users):
+            send_json(prod, s.topic("geo-pings"), u, {"user_id": u, "ts": int((now - 600 + i) * 1000),
+                                                      "lat": 48.8566, "lon": 2.3522, "accuracy_m": 5})
+        prod.flush()
+        wait_received(s, {"geo-pings": len(users)})
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/state/", timeout=5) as r:
+                cells = json.loads(r.read()).get("crossing-cells", {})
+            heard = {p: [v for v in c["input_progress"].values() if v is not None] for p, c in cells.items()}
+            if (len(cells) == s.partitions and all(len(v) == s.partitions for v in heard.values())) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert sorted(cells) == [str(p) for p in range(s.partitions)]
+    for p, c in cells.items():
+        assert all(v is not None for v in c["input_progress"].values()), (p, c)
+        assert c["watermark"] is not None and c["slowest_input"] is not None
+    routed_to = [p for p, c in cells.items() if c["live_pings"]]
+    assert 0 < len(routed_to) < s.partitions, "the pings must leave some detector partitions without a ping"
