@@ -992,7 +992,7 @@ _owned: set = set()  # this worker's assignment after the last rebalance
 
 @app.on_partitions_assigned.connect
 async def forget_moved_crossing_state(app, assigned, **kwargs) -> None:
-    """Drop in-memory crossing state of partitions this worker did not own before this rebalance.
+    """Drop in-memory crossing state of partitions this rebalance took away or newly gave.
 
     A partition that comes back must not use state that another worker has moved on from: the pair
     stage rebuilds its cooldown and withdrawal guards from their tables (which hold what the other
@@ -1000,7 +1000,7 @@ async def forget_moved_crossing_state(app, assigned, **kwargs) -> None:
     rebalance (Kafka revokes everything first, then assigns) keep their state.
     """
     global _owned
-    for tp in set(assigned) - _owned:
+    for tp in set(assigned) ^ _owned:
         if tp.topic == crossing_pairs.get_topic_name():
             cooldowns.pop(tp.partition, None)
             revoked.pop(tp.partition, None)

@@ -72,8 +72,11 @@ def test_a_partition_that_moved_away_is_rebuilt_from_the_table_when_it_comes_bac
     stale = worker._cooldown_of(2)
     kept = worker._cooldown_of(0)
     worker.detectors[0], worker.detectors[2] = "kept", "stale"
-    _rebalance(worker, 0)  # partition 2 moves to another worker, which reports a c: its changelog
-    worker.pair_table.data[f"2|{AC}"] = [20.0, 6 * H]  # reaches our table (a standby or a later recovery)
+    _rebalance(worker, 0)  # partition 2 moves to another worker: its memory here goes
+    assert 2 not in worker.cooldowns and 2 not in worker.detectors and worker.cooldowns.get(0) is kept
+    worker.cooldowns[2], worker.detectors[2] = stale, "stale"  # (as if it had stayed)
+    # The other worker reports a c: its changelog reaches our table (a standby or a later recovery).
+    worker.pair_table.data[f"2|{AC}"] = [20.0, 6 * H]
     _rebalance(worker, 0, 2)  # and comes back
     assert worker.cooldowns.get(0) is kept and worker.detectors.get(0) == "kept"  # owned all along
     assert 2 not in worker.detectors
