@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import consume  # noqa: E402
 from bench_streaming import INPUTS, _proc_cpu_s, _vm, free_port, group_lag  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from tests.e2e_helpers import wait_group_stable  # noqa: E402
 
 INTERNAL = ["crossing-cells", "crossing-pairs", "stats-cells", "stats-connections"]
 
@@ -82,26 +83,6 @@ async def produce_fast(settings: Settings, messages: list) -> None:
         await producer.stop()
 
 
-def wait_stable(settings: Settings, members: int, timeout_s: float = 120) -> float:
-    """Seconds until the workers' group is Stable with `members` members."""
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="bench-scaleout")
-    t0 = time.perf_counter()
-    try:
-        while time.perf_counter() - t0 < timeout_s:
-            try:
-                group = admin.describe_groups([settings.app_id]).get(settings.app_id, {})
-            except Exception:  # the coordinator may not answer yet
-                group = {}
-            if group.get("group_state") == "Stable" and len(group.get("members", [])) == members:
-                return time.perf_counter() - t0
-            time.sleep(0.5)
-    finally:
-        admin.close()
-    raise RuntimeError(f"group {settings.app_id} not Stable with {members} members after {timeout_s} s")
-
-
 def run(n_workers: int, messages: list, args, tag: str) -> dict:
     from streams.demo import start_worker, stop_worker
     from streams.topics import create_topics
@@ -114,7 +95,9 @@ def run(n_workers: int, messages: list, args, tag: str) -> dict:
             port = free_port()
             log = Path(base.home) / "logs" / f"bench-scale-{tag}-{i}.log"
             procs.append(start_worker(base, port, log))
-        stable_s = wait_stable(base, n_workers)
+        t_join = time.perf_counter()
+        wait_group_stable(base, members=n_workers, timeout_s=120)
+        stable_s = time.perf_counter() - t_join
         time.sleep(2)  # table recovery after the assignment
         cpu0 = [_proc_cpu_s(p.pid) for p in procs]
         t0 = time.perf_counter()

@@ -1273,16 +1273,15 @@ def state_summary() -> dict:
     A watermark that stays behind points at the input partition holding it back (`slowest_input`):
     an input partition that receives nothing at all keeps windows open and detector state growing.
     """
-    owned = {(tp.topic, tp.partition) for tp in _owned}
     out: dict[str, dict] = {}
     for p, det in sorted(detectors.items()):
         out.setdefault("crossing-cells", {})[str(p)] = {
-            "owned": (crossing_cells.get_topic_name(), p) in owned, "watermark": _ts_or_none(det.watermark),
-            "live_pings": det.live_pings, "memory_bytes": det.memory_bytes(), **_progress_view(det.source_progress())}
+            "watermark": _ts_or_none(det.watermark), "live_pings": det.live_pings,
+            "memory_bytes": det.memory_bytes(), **_progress_view(det.source_progress())}
     for p, cooldown in sorted(cooldowns.items()):
         out.setdefault("crossing-pairs", {})[str(p)] = {
-            "owned": (crossing_pairs.get_topic_name(), p) in owned, "pairs": len(cooldown),
-            "users_with_partners": cooldown.users(), "withdrawal_guards": len(revoked.get(p, {}))}
+            "pairs": len(cooldown), "users_with_partners": cooldown.users(),
+            "withdrawal_guards": len(revoked.get(p, {}))}
     for stage, windows in (("stats-cells", location_windows), ("stats-connections", connection_windows)):
         for p, wd in sorted(windows.partitions().items()):
             out.setdefault(stage, {})[str(p)] = {

@@ -115,10 +115,9 @@ def test_state_page_points_at_the_input_partition_holding_a_watermark_back(worke
     state = worker.state_summary()
     cells = state["crossing-cells"]["1"]
     assert cells["watermark"] is None and cells["slowest_input"] == 1  # input partition 1: nothing yet
-    assert cells["live_pings"] == 1 and cells["owned"]
+    assert cells["live_pings"] == 1
     det.advance(1, 7250.0)
     cells = worker.state_summary()["crossing-cells"]["1"]
     assert cells["slowest_input"] == 0 and cells["watermark"] == worker.format_ts(7200.0 - worker.CROSSING.lateness_s)
-    assert state["crossing-pairs"]["1"] == {"owned": True, "pairs": 1, "users_with_partners": 2,
-                                            "withdrawal_guards": 0}
+    assert state["crossing-pairs"]["1"] == {"pairs": 1, "users_with_partners": 2, "withdrawal_guards": 0}
     assert not any(u in repr(state) for u in ("zz-user-9", "aa-user-1", "bb-user-2"))  # no user data
