@@ -824,6 +824,11 @@ class CellDetector:
         progress = min(self._source_max.values()) if self._source_max else self.max_ts
         return progress - self.params.lateness_s
 
+    @property
+    def horizon(self) -> float:
+        """Event time before which no live ping can match a fix that is not late (evict() drops them)."""
+        return self.watermark - self.params.window_s - _HORIZON_SLACK_S
+
     def advance(self, source: Hashable, ts: float) -> None:
         """Upstream partition `source` has reached event time ts, without a fix for this detector.
 
@@ -970,7 +975,7 @@ class CellDetector:
             if hit.size:
                 for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit])):
                     results[order[r]].append(crossing)
-        horizon = self.watermark - p.window_s - _HORIZON_SLACK_S
+        horizon = self.horizon
         for state, lo, hi in zip(states, new_lo, new_hi):
             state.extend(new[:, lo:hi], horizon)
         # Each key goes into the buckets its new fixes fall in (not every bucket between the first

@@ -37,6 +37,7 @@ from anonymizers.pseudonym import Pseudonymizer
 from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, erasure_tag, next_action, on_login
 from anonymizers.windows import recent_windows, window_start
 from geo.crossings import CellDetector, LateFix, PairCooldown, pair_key, route_many, split_pair_key
+from geo.resume import ReplayLog, ResumePoint, choose, progress_of, remember, restore_progress
 from geo.zones import SensitiveZones
 from schemas.events import Limits, Reason, Rejection, decode, decode_ping_fast
 from schemas.batches import encode_batches
@@ -469,8 +470,17 @@ connection_windows = TableBackedWindows(
     app.Table("connection-published", default=None, partitions=P, key_type=str),
     settings.stats_window_s, settings.stats_lateness_s, sources=range(P))
 
-# In-memory state: the detector holds at most window + lateness of pings, rebuilt as pings arrive.
+# In-memory state: the detector holds at most window + lateness of pings. A worker that starts, or
+# takes a partition over, rebuilds it by replaying crossing-cells from the partition's last resume
+# point (geo/resume.py), kept in this table: offsets and event times only, no user data.
+resume_table = app.Table("detector-resume", default=None, partitions=P, key_type=str)
+RESUME_EVERY_S = 1.0  # a new point per detector partition at most this often...
+RESUME_KEEP = 60  # ...and this many kept: a crash resumes from the last commit, at most ~1 min back
 detectors: dict[int, CellDetector] = {}
+replay_logs: dict[int, ReplayLog] = {}
+resume_points: dict[int, list[ResumePoint]] = {}
+resume_saved_at: dict[int, float] = {}
+rebuilds: dict[int, dict] = {}  # how each detector partition was last rebuilt (for /state/)
 consent_versions: dict[int, dict[str, float]] = {}
 cooldowns: dict[int, PairCooldown] = {}
 detect_seen: dict[int, int] = {}
@@ -765,27 +775,130 @@ def _recent_windows(now: float) -> list[float]:
 async def detect(tp, records) -> None:
     """Detect crossings among the pings of each spatial cell; late pings are dead-lettered.
 
-    Consecutive batches of one fetch are matched in one `add_many` call; a purge request is applied
-    in its place in the order. A message that cannot be read is quarantined and the stage goes on.
+    The first records of a partition after a start or a rebalance find its detector rebuilt from
+    the partition's last resume point. Then, consecutive batches of one fetch are matched in one
+    `add_many` call; a purge request is applied in its place in the order. A message that cannot
+    be read is quarantined and the stage goes on.
     """
+    if tp.partition not in detectors:
+        await _rebuild_detector(tp, records[0].offset)
+    await _detect_records(tp, records, emit=True)
+    _save_resume_point(tp.partition)
+
+
+async def _detect_records(tp, records, emit: bool) -> None:
+    """Run records of crossing-cells partition tp through its detector, in order.
+
+    emit=False replays records handled before (by this or an earlier owner): state only, with no
+    candidate, dead letter or erasure report sent again.
+    """
+    p = tp.partition
+    before = progress_of(_detector_state(p)[0])
+    newest = -math.inf
     pending: list[tuple[object, dict]] = []
     for record in records:
         try:
             body = orjson.loads(record.value)
             if "purge" in body:
-                await _detect_batches(tp, pending)
+                await _detect_batches(tp, pending, emit)
                 pending = []
-                await _detect_purge(tp.partition, body)
+                await _detect_purge(p, body, emit)
             elif "progress" in body:
                 source, progress = _progress_marker(body)
-                await _detect_batches(tp, pending)  # the marker counts after the batches sent before it
+                await _detect_batches(tp, pending, emit)  # the marker counts after the batches sent before it
                 pending = []
-                _detector_state(tp.partition)[0].advance(source, progress)
+                _detector_state(p)[0].advance(source, progress)
             else:
-                pending.append((record, _checked_batch(body)))
+                body = _checked_batch(body)
+                newest = max(newest, _newest_ping(body["ts"]))
+                pending.append((record, body))
         except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
-            await _quarantine_record(tp, record, exc)
-    await _detect_batches(tp, pending)
+            if emit:
+                await _quarantine_record(tp, record, exc)
+    await _detect_batches(tp, pending, emit)
+    replay_logs.setdefault(p, ReplayLog()).note(records[0].offset, records[-1].offset + 1, before, newest)
+
+
+def _newest_ping(ts: list) -> float:
+    """The newest finite event time of a batch column (-inf if none): how long the batch may matter."""
+    t = np.asarray(ts, dtype=np.float64)
+    t = t[np.isfinite(t)]
+    return float(t.max()) if t.size else -math.inf
+
+
+async def _rebuild_detector(tp, resume_at: int) -> None:
+    """Give partition tp a detector in the state its last owner left at offset `resume_at`.
+
+    Starts from the newest saved resume point at or before `resume_at` and replays crossing-cells
+    from its `low` offset up to `resume_at`. Without one (a first start), the detector starts empty.
+    """
+    p = tp.partition
+    detector = _detector_state(p)[0]
+    replay_logs[p] = ReplayLog()
+    try:
+        points = [ResumePoint.from_json(doc) for doc in resume_table.get(str(p)) or []]
+    except Exception:  # a value this code did not write: start empty rather than stop the stage
+        logging.getLogger(__name__).exception("unreadable resume points of %s[%d]; detector starts empty", tp.topic, p)
+        points = []
+    resume_points[p] = points
+    point = choose(points, resume_at)
+    if point is None:
+        if points:
+            logging.getLogger(__name__).warning(
+                "%s[%d]: no resume point at or before offset %d (oldest at %d): the detector starts empty, "
+                "so crossings between earlier pings and later ones may be missed", tp.topic, p, resume_at, points[0].at)
+        return
+    t0 = time.perf_counter()
+    restore_progress(detector, point.progress)
+    replayed = await _replay(tp, point.low, resume_at) if point.low < resume_at else 0
+    rebuilds[p] = {"from_offset": point.low, "to_offset": resume_at, "records": replayed,
+                   "seconds": round(time.perf_counter() - t0, 3), "live_pings": detector.live_pings}
+    logging.getLogger(__name__).info("%s[%d]: detector rebuilt: %s", tp.topic, p, rebuilds[p])
+
+
+async def _replay(tp, low: int, end: int) -> int:
+    """Feed records [low, end) of partition tp to its detector without emitting anything; their count."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    part = TopicPartition(tp.topic, tp.partition)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                client_id=f"{settings.app_id}-detector-replay")
+    await consumer.start()
+    replayed = 0
+    try:
+        consumer.assign([part])
+        consumer.seek(part, low)
+        while await consumer.position(part) < end:
+            fetched = (await consumer.getmany(part, timeout_ms=1000, max_records=20_000)).get(part, [])
+            records = [r for r in fetched if r.offset < end]
+            if records:
+                if not replayed and records[0].offset > low:
+                    logging.getLogger(__name__).warning(
+                        "%s[%d]: offsets %d..%d are gone (retention); the detector is rebuilt without them",
+                        tp.topic, tp.partition, low, records[0].offset)
+                await _detect_records(tp, records, emit=False)
+                replayed += len(records)
+    finally:
+        await consumer.stop()
+    return replayed
+
+
+def _save_resume_point(p: int) -> None:
+    """Save where partition p's detector state can be rebuilt from (at most every RESUME_EVERY_S)."""
+    now = time.monotonic()
+    if now - resume_saved_at.get(p, -math.inf) < RESUME_EVERY_S:
+        return
+    resume_saved_at[p] = now
+    detector = detectors[p]
+    point = replay_logs[p].point(detector.horizon, progress_of(detector))
+    if point is None:
+        return
+    points = resume_points[p] = remember(resume_points.get(p, []), point, RESUME_KEEP)
+    key, value = str(p), [pt.to_json() for pt in points]
+    resume_table.data[key] = value
+    resume_table.send_changelog(p, key, value)
 
 
 _CELL_COLUMNS = ("k", "o", "u", "ts", "lat", "lon", "acc", "h", "cv", "raw")
@@ -818,16 +931,17 @@ def _detector_state(p: int) -> tuple[CellDetector, dict[str, float], PairCooldow
     return detector, consent_versions.setdefault(p, {}), local_cooldowns.setdefault(p, PairCooldown(CROSSING))
 
 
-async def _detect_purge(p: int, body: dict) -> None:
+async def _detect_purge(p: int, body: dict, emit: bool = True) -> None:
     detector, versions, local = _detector_state(p)
     user = body["purge"]
     local.purge_user(user)
     removed = detector.purge_user(user)
     versions.pop(user, None)
-    await _report_purge(user, "detector_pings", removed, body)
+    if emit:
+        await _report_purge(user, "detector_pings", removed, body)
 
 
-async def _detect_batches(tp, pending: list[tuple[object, dict]]) -> None:
+async def _detect_batches(tp, pending: list[tuple[object, dict]], emit: bool = True) -> None:
     """Match several batches at once; if that fails, each on its own, quarantining the one that fails."""
     if not pending:
         return
@@ -835,20 +949,22 @@ async def _detect_batches(tp, pending: list[tuple[object, dict]]) -> None:
     merged = {c: [v for body in bodies for v in body[c]] for c in _CELL_COLUMNS}
     merged["src"] = [body["src"] for body in bodies for _ in body["k"]]
     try:
-        await _detect_columns(tp.partition, merged)
+        await _detect_columns(tp.partition, merged, emit)
         return
     except Exception as exc:
         if len(pending) == 1:
-            await _quarantine_record(tp, pending[0][0], exc)
+            if emit:
+                await _quarantine_record(tp, pending[0][0], exc)
             return
     for record, body in pending:  # find the one that fails
         try:
-            await _detect_columns(tp.partition, dict(body, src=[body["src"]] * len(body["k"])))
+            await _detect_columns(tp.partition, dict(body, src=[body["src"]] * len(body["k"])), emit)
         except Exception as exc:
-            await _quarantine_record(tp, record, exc)
+            if emit:
+                await _quarantine_record(tp, record, exc)
 
 
-async def _detect_columns(p: int, body: dict) -> None:
+async def _detect_columns(p: int, body: dict, emit: bool = True) -> None:
     """Run one (merged) batch of routed pings through partition p's detector and queue new pairs."""
     detector, versions, local = _detector_state(p)
     users, keys, homes, srcs = body["u"], body["k"], body["h"], body["src"]
@@ -858,7 +974,7 @@ async def _detect_columns(p: int, body: dict) -> None:
     out = Outbox()
     for i, result in enumerate(results):
         if isinstance(result, LateFix):
-            if homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
+            if emit and homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
                 await _late(crossing_cells, p, [*srcs[i], body["o"][i]], users[i], body["raw"][i],
                             f"ping ts={format_ts(result.fix.ts)} arrived after the crossing detector's "
                             f"watermark {format_ts(result.watermark)} (allowed lateness "
@@ -867,7 +983,8 @@ async def _detect_columns(p: int, body: dict) -> None:
         for c in result:
             out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, place=c.place,
                     band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0))
-    await out.flush()
+    if emit:
+        await out.flush()
     seen = detect_seen[p] = detect_seen.get(p, 0) + len(users)
     if seen >= 5000:
         detect_seen[p] = 0
@@ -996,7 +1113,8 @@ async def forget_moved_crossing_state(app, assigned, **kwargs) -> None:
 
     A partition that comes back must not use state that another worker has moved on from: the pair
     stage rebuilds its cooldown and withdrawal guards from their tables (which hold what the other
-    worker did), and the detector starts empty, as after a restart. Partitions kept through the
+    worker did), and the detector is rebuilt from the partition's resume point when its next records
+    come (`_rebuild_detector`), as after a restart. Partitions kept through the
     rebalance (Kafka revokes everything first, then assigns) keep their state.
     """
     global _owned
@@ -1005,7 +1123,8 @@ async def forget_moved_crossing_state(app, assigned, **kwargs) -> None:
             cooldowns.pop(tp.partition, None)
             revoked.pop(tp.partition, None)
         elif tp.topic == crossing_cells.get_topic_name():
-            for state in (detectors, consent_versions, local_cooldowns, detect_seen):
+            for state in (detectors, consent_versions, local_cooldowns, detect_seen, replay_logs, resume_points,
+                          resume_saved_at, rebuilds):
                 state.pop(tp.partition, None)
     _owned = set(assigned)
 
@@ -1277,7 +1396,8 @@ def state_summary() -> dict:
     for p, det in sorted(detectors.items()):
         out.setdefault("crossing-cells", {})[str(p)] = {
             "watermark": _ts_or_none(det.watermark), "live_pings": det.live_pings,
-            "memory_bytes": det.memory_bytes(), **_progress_view(det.source_progress())}
+            "memory_bytes": det.memory_bytes(), **_progress_view(det.source_progress()),
+            "rebuilt": rebuilds.get(p)}
     for p, cooldown in sorted(cooldowns.items()):
         out.setdefault("crossing-pairs", {})[str(p)] = {
             "pairs": len(cooldown), "users_with_partners": cooldown.users(),

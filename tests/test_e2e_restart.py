@@ -1,8 +1,9 @@
-"""End to end on the real broker: statistics windows survive a worker restart and publish once."""
+"""End to end on the real broker: statistics windows and crossing state survive a worker restart."""
 from __future__ import annotations
 
 import json
 import time
+import urllib.request
 
 import h3
 import numpy as np
@@ -10,10 +11,14 @@ import pytest
 
 from anonymizers.kanon import KAnonParams, generalize_cells
 from anonymizers.windows import window_start
+from geo.crossings import CrossingParams
+from geo.oracle import brute_force_pairs
 from schemas.timefmt import format_ts
 from streams.demo import start_worker, stop_worker
+from streams.report import check_crossings
 from streams.topics import create_topics
 from tests.e2e_helpers import consume_all, free_port, producer, send_json, wait_group_stable, wait_received
+from tests.test_e2e_crossings import city_pings, produce_pings, reported_pairs
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +100,66 @@ def _wait_rows(s, timeout_s: float = 90):
             return [json.loads(r.value) for r in consume_all(s, "partner-statistics")]
         time.sleep(1)
     raise AssertionError("no partner statistics after the restart")
+
+
+@pytest.mark.parametrize("change", ["restart", "second worker joins"])
+def test_crossings_spanning_a_worker_restart_are_found(pipeline_settings, change):
+    """Pings before a restart (or a rebalance onto a new worker) still meet pings after it: each
+    detector partition that starts, or moves, is rebuilt from its resume point (crossing-cells
+    replayed), so the pairs equal the oracle's."""
+    s = pipeline_settings
+    df = city_pings(seed=5)
+    df["ts"] = (df["ts"] * 1000).round() / 1000
+    params = CrossingParams()
+    cut = df["ts"].quantile(0.5)
+    before, after = df[df["ts"] < cut], df[df["ts"] >= cut]
+    oracle = brute_force_pairs(df, params)
+    spanning = oracle - brute_force_pairs(before, params) - brute_force_pairs(after, params)
+    assert len(spanning) >= 5, "the workload must have pairs that meet only across the restart"
+    create_topics(s)
+    prod = producer(s)
+    workers: list = []  # (process, web port, log)
+
+    def add_worker():
+        port = free_port()
+        log = s.home / f"worker-{len(workers)}.log"
+        workers.append((start_worker(s, port, log), port, log))
+        wait_group_stable(s, members=sum(proc.poll() is None for proc, _, _ in workers))
+
+    try:
+        add_worker()
+        produce_pings(s, prod, before)
+        wait_received(s, {"geo-pings": len(before)})
+        _wait_pairs(s, brute_force_pairs(before, params))
+        time.sleep(3)  # offsets committed, resume points in their changelog
+        if change == "restart":
+            stop_worker(workers[0][0])
+        add_worker()
+        produce_pings(s, prod, after)
+        wait_received(s, {"geo-pings": len(df)})
+        pairs = _wait_pairs(s, oracle)
+        states = [json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/state/", timeout=5).read())
+                  for proc, port, _ in workers if proc.poll() is None]
+    except BaseException:
+        for _, _, log in workers:
+            print(f"---- {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        raise
+    finally:
+        for proc, _, _ in workers:
+            stop_worker(proc)
+    assert spanning <= set(pairs), f"missed across the {change}: {sorted(spanning - set(pairs))}"
+    assert set(pairs) == oracle
+    newest = states[-1]["crossing-cells"]  # the new worker's detector partitions were all rebuilt
+    assert newest and all(v["rebuilt"] is not None for v in newest.values()), newest
+    assert sum(v["rebuilt"]["records"] for v in newest.values()) > 0
+    check = check_crossings(s)
+    assert check.identical and check.streamed_pairs == len(oracle)
+
+
+def _wait_pairs(s, expected: set, timeout_s: float = 90) -> list:
+    """Reported pairs, once they include `expected` (or the timeout passed), after 3 s more."""
+    deadline = time.monotonic() + timeout_s
+    while not set(reported_pairs(consume_all(s, "crossings"))) >= expected and time.monotonic() < deadline:
+        time.sleep(2)
+    time.sleep(3)
+    return reported_pairs(consume_all(s, "crossings"))
