@@ -786,15 +786,15 @@ async def detect(tp, records) -> None:
     _save_resume_point(tp.partition)
 
 
-async def _detect_records(tp, records, emit: bool) -> None:
-    """Run records of crossing-cells partition tp through its detector, in order.
+async def _detect_records(tp, records, emit: bool) -> int:
+    """Run records of crossing-cells partition tp through its detector, in order; the pings among them.
 
     emit=False replays records handled before (by this or an earlier owner): state only, with no
     candidate, dead letter or erasure report sent again.
     """
     p = tp.partition
     before = progress_of(_detector_state(p)[0])
-    newest = -math.inf
+    newest, pings = -math.inf, 0
     pending: list[tuple[object, dict]] = []
     for record in records:
         try:
@@ -812,11 +812,13 @@ async def _detect_records(tp, records, emit: bool) -> None:
                 body = _checked_batch(body)
                 newest = max(newest, _newest_ping(body["ts"]))
                 pending.append((record, body))
+                pings += len(body["k"])
         except Exception as exc:  # one bad record never stops the stage: it is kept as a dead letter
             if emit:
                 await _quarantine_record(tp, record, exc)
     await _detect_batches(tp, pending, emit)
     replay_logs.setdefault(p, ReplayLog()).note(records[0].offset, records[-1].offset + 1, before, newest)
+    return pings
 
 
 def _newest_ping(ts: list) -> float:
@@ -850,14 +852,17 @@ async def _rebuild_detector(tp, resume_at: int) -> None:
         return
     t0 = time.perf_counter()
     restore_progress(detector, point.progress)
-    replayed = await _replay(tp, point.low, resume_at) if point.low < resume_at else 0
-    rebuilds[p] = {"from_offset": point.low, "to_offset": resume_at, "records": replayed,
+    records, pings = await _replay(tp, point.low, resume_at) if point.low < resume_at else (0, 0)
+    rebuilds[p] = {"from_offset": point.low, "to_offset": resume_at, "records": records, "pings": pings,
                    "seconds": round(time.perf_counter() - t0, 3), "live_pings": detector.live_pings}
     logging.getLogger(__name__).info("%s[%d]: detector rebuilt: %s", tp.topic, p, rebuilds[p])
 
 
-async def _replay(tp, low: int, end: int) -> int:
-    """Feed records [low, end) of partition tp to its detector without emitting anything; their count."""
+async def _replay(tp, low: int, end: int) -> tuple[int, int]:
+    """Feed records [low, end) of partition tp to its detector without emitting anything.
+
+    Returns how many records and routed pings (one per key a ping went to) were replayed.
+    """
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
@@ -866,7 +871,7 @@ async def _replay(tp, low: int, end: int) -> int:
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 client_id=f"{settings.app_id}-detector-replay")
     await consumer.start()
-    replayed = 0
+    replayed = pings = 0
     try:
         consumer.assign([part])
         consumer.seek(part, low)
@@ -878,11 +883,11 @@ async def _replay(tp, low: int, end: int) -> int:
                     logging.getLogger(__name__).warning(
                         "%s[%d]: offsets %d..%d are gone (retention); the detector is rebuilt without them",
                         tp.topic, tp.partition, low, records[0].offset)
-                await _detect_records(tp, records, emit=False)
+                pings += await _detect_records(tp, records, emit=False)
                 replayed += len(records)
     finally:
         await consumer.stop()
-    return replayed
+    return replayed, pings
 
 
 def _save_resume_point(p: int) -> None:
