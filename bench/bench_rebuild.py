@@ -106,6 +106,7 @@ def main() -> None:
             time.sleep(0.25)
         wall = time.perf_counter() - t1
         hwm = _vm(second.pid, "VmHWM")
+        recovered = _get(port, "batches").get("(table recovery)", {})
     finally:
         stop_worker(second)
     rebuilt = [v["rebuilt"] for _, v in sorted(state.items())]
@@ -120,7 +121,8 @@ def main() -> None:
           f"worker's detect stage took {stats.get('busy_s', 0):.2f} s of handler time for the whole backlog")
     print(f"{sum(r['live_pings'] for r in rebuilt):,} live pings after the rebuild and the first tail records "
           f"({live:,} held before the stop); from producing the tail to every partition rebuilt: {wall:.1f} s "
-          f"(includes the new worker's table recovery); new worker peak RSS {hwm:.0f} MiB")
+          f"(includes the new worker's table recovery: {recovered.get('records', 0):,} changelog records applied in "
+          f"bulk in {recovered.get('busy_s', 0):.2f} s); new worker peak RSS {hwm:.0f} MiB")
 
 if __name__ == "__main__":
     main()

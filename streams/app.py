@@ -1412,6 +1412,7 @@ def state_summary() -> dict:
             out.setdefault(stage, {})[str(p)] = {
                 "watermark": _ts_or_none(wd.watermark), "open_windows": [format_ts(w) for w in wd.open_windows()],
                 **_progress_view(wd.source_progress())}
+    out["table_keys"] = {name: len(table.data) for name, table in sorted(app.tables.items())}
     return out
 
 

@@ -23,6 +23,10 @@ Usage::
 A handler must not raise for bad data (quarantine it instead); an exception stops the worker,
 as an exception in a Faust agent does.
 
+The same consumer restores tables faster: while Faust recovers tables after a start or a
+rebalance, fetched changelog records are applied to the tables' stores in bulk
+(`BatchConsumer._recover_in_bulk`) instead of one by one through Faust's per-message path.
+
 Faust tables place a write by the event being processed (`table[key] = value` goes to the
 changelog partition of the current event). Inside a batch handler, wrap the work on one record
 in `with processing(tp, record):` so table writes land on that record's partition.
@@ -39,7 +43,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
+from faust.stores.memory import Store as MemoryStore
 from faust.streams import _current_event
+from faust.tables.table import Table
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
@@ -84,6 +91,13 @@ class BatchConsumer(AIOKafkaConsumer):
         records, active = await super()._wait_next_records(timeout)
         stats = self.app._batch_stats
         stats["(waiting for records)"].busy_s += time.perf_counter() - t0
+        if records and self.app.tables.recovery.in_recovery:
+            t0 = time.perf_counter()
+            n = self._recover_in_bulk(records)
+            stage = stats["(table recovery)"]
+            stage.busy_s += time.perf_counter() - t0
+            stage.calls += 1
+            stage.records += n
         handlers = self._handlers()
         if not records or not handlers:
             return records, active
@@ -110,6 +124,46 @@ class BatchConsumer(AIOKafkaConsumer):
             stage.records += len(batch)
         return records, active
 
+    def _recover_in_bulk(self, records: dict) -> int:
+        """Apply fetched changelog records of tables being recovered straight to their stores.
+
+        Faust restores a table one changelog record at a time through the same per-message path
+        as streams (~5k records/s here: minutes for a large table after every restart). Here all
+        records of a fetched changelog partition but the last are applied in one pass, in offset
+        order (a tombstone deletes); the last goes Faust's way, so that Faust's recovery sees the
+        partition's offset move and ends recovery as before. Only for tables this applies to
+        as-is (memory store, str keys, JSON values, no changelog hook), only for active
+        partitions, and only when Faust's recovery queue and buffers hold nothing older.
+        Returns how many records were applied.
+        """
+        tables = self.app.tables
+        recovery = tables.recovery
+        applied = 0
+        for tp, batch in records.items():
+            table = tables._changelogs.get(tp.topic)
+            if (table is None or len(batch) < 2 or tp not in recovery.active_tps
+                    or not _bulk_recoverable(table) or not tables.changelog_queue.empty()):
+                continue
+            seen = recovery.active_offsets.get(tp)
+            bulk = [r for r in batch[:-1] if seen is None or r.offset > seen]
+            if not bulk:
+                continue
+            recovery.flush_buffers()  # what Faust took in before goes first
+            store, where = table.data.data, table.data._key_partition
+            for record in bulk:
+                key = orjson.loads(record.key)
+                if record.value is None:
+                    store.pop(key, None)
+                    where.pop(key, None)
+                else:
+                    store[key] = orjson.loads(record.value)
+                    where[key] = tp.partition
+            recovery.active_offsets[tp] = bulk[-1].offset
+            self._read_offset[tp] = bulk[-1].offset
+            records[tp] = batch[-1:]
+            applied += len(bulk)
+        return applied
+
     async def _ack_batch(self, tp: TP, batch: list[Any]) -> None:
         """Mark a delivered batch read and acked, the way the per-message path does one by one."""
         if not batch:
@@ -133,6 +187,14 @@ class BatchConsumer(AIOKafkaConsumer):
         if self._commit_every is not None and self._n_acked >= self._commit_every:
             self._n_acked = 0
             await self.commit()
+
+
+def _bulk_recoverable(table: Any) -> bool:
+    """Whether a table's changelog can be applied without Faust: the shape every table here has."""
+    return (isinstance(table.data, MemoryStore) and table.key_type is str and table.value_type is None
+            and table.key_serializer == table.value_serializer == "json" and table.window is None
+            and table._on_changelog_event is None
+            and type(table)._to_key is Table._to_key and type(table)._to_value is Table._to_value)
 
 
 def install(app: faust.App) -> None:

@@ -15,6 +15,7 @@ from geo.crossings import CrossingParams
 from geo.oracle import brute_force_pairs
 from schemas.timefmt import format_ts
 from streams.demo import start_worker, stop_worker
+from streams.kafkaio import latest_by_key
 from streams.report import check_crossings
 from streams.topics import create_topics
 from tests.e2e_helpers import consume_all, free_port, producer, send_json, wait_group_stable, wait_received
@@ -154,6 +155,14 @@ def test_crossings_spanning_a_worker_restart_are_found(pipeline_settings, change
     assert sum(v["rebuilt"]["records"] for v in newest.values()) > 0
     check = check_crossings(s)
     assert check.identical and check.streamed_pairs == len(oracle)
+    if change == "restart":  # one worker holds every table partition: its tables = their changelogs
+        assert states[0]["table_keys"] == _changelog_keys(s, states[0]["table_keys"])
+
+
+def _changelog_keys(s, tables) -> dict[str, int]:
+    """Keys with a value (not a tombstone) in each table's changelog."""
+    return {name: sum(v is not None for v in latest_by_key(s.bootstrap_servers, f"{s.app_id}-{name}-changelog").values())
+            for name in tables}
 
 
 def _wait_pairs(s, expected: set, timeout_s: float = 90) -> list:
