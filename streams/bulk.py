@@ -80,6 +80,10 @@ class StageStats:
 class BatchConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer with batch delivery for the topics registered by `batch_agent`."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._handled: dict[TP, tuple[int, int]] = {}  # (generation, next offset) handed to a handler
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -115,8 +119,16 @@ class BatchConsumer(AIOKafkaConsumer):
                 batch = [record for record in batch if record.offset >= read]  # as Faust drops them
                 if not batch:
                     continue
+            gen, handled = self._handled.get(tp, (None, 0))
+            if gen == generation and batch[0].offset < handled:
+                # Handled already in this generation: Faust resumes a partition after recovery before
+                # it seeks it back to the committed offset, so records fetched in between come again.
+                batch = [record for record in batch if record.offset >= handled]
+                if not batch:
+                    continue
             t0 = time.perf_counter()
             await handlers[tp.topic](tp, batch)
+            self._handled[tp] = (generation, batch[-1].offset + 1)
             await self._ack_batch(tp, batch)
             stage = stats[tp.topic]
             stage.busy_s += time.perf_counter() - t0
