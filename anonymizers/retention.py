@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 DAY_S = 86400.0
@@ -69,3 +69,42 @@ def next_action(activity: Activity, now: float, params: InactivityParams) -> Act
 def erasure_tag(secret: bytes, user_id: str) -> str:
     """Keyed, non-reversible marker of an erased account, so its later events can still be dropped."""
     return hmac.digest(secret, b"crosspaths/erased/v1:" + user_id.encode(), hashlib.sha256)[:16].hex()
+
+
+@dataclass
+class ReceiptDraft:
+    """What the stages reported so far for one erasure; complete once every purge request answered.
+
+    The ingest stage's report says how many purge requests went out (`expect`), one per stage
+    partition; each stage partition answers once with what it removed. Reports are delivered at
+    least once: an answer seen again (same stage, same partition) counts once, so a receipt is
+    never issued before every stage partition has purged, nor with doubled counts.
+    """
+
+    expect: int | None = None
+    reason: str | None = None
+    requested_at: float | None = None
+    purged: dict[str, int] = field(default_factory=dict)
+    answered: set[tuple[str, int]] = field(default_factory=set)
+
+    def add(self, report: dict) -> None:
+        """Take one report: {"stage": "ingest", "expect", "reason", "requested_at", "removed": {...}}
+        or {"stage": name, "partition": p, "removed": n}."""
+        stage = report["stage"]
+        if stage == "ingest":
+            if self.expect is not None:
+                return  # the same request's report, delivered again
+            self.expect, self.reason, self.requested_at = report["expect"], report["reason"], report["requested_at"]
+            for name, n in report["removed"].items():
+                self.purged[name] = self.purged.get(name, 0) + n
+            return
+        partition = report.get("partition")
+        answer = (stage, partition if partition is not None else -1 - len(self.answered))  # no partition: distinct
+        if answer in self.answered:
+            return
+        self.answered.add(answer)
+        self.purged[stage] = self.purged.get(stage, 0) + report["removed"]
+
+    @property
+    def complete(self) -> bool:
+        return self.expect is not None and len(self.answered) >= self.expect

@@ -34,7 +34,8 @@ from anonymizers.consent import Consent, Purpose, PurposeSchedule, withdrawn
 from anonymizers.dp import DPParams, publish_noisy_cells
 from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
 from anonymizers.pseudonym import Pseudonymizer
-from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, erasure_tag, next_action, on_login
+from anonymizers.retention import (DAY_S, Action, Activity, InactivityParams, ReceiptDraft, erasure_tag, next_action,
+                                   on_login)
 from anonymizers.windows import recent_windows, window_start
 from geo.crossings import CellDetector, LateFix, PairCooldown, pair_key, route_many, split_pair_key
 from geo.resume import ReplayLog, ResumePoint, choose, progress_of, remember, restore_progress
@@ -720,10 +721,11 @@ async def _erase(user: str, reason: str, at: float) -> None:
         "requested_at": at}))
 
 
-async def _report_purge(user: str | None, stage: str, removed: int, body: dict) -> None:
-    """Tell the receipt builder what one stage partition removed for an erasure."""
+async def _report_purge(p: int, user: str | None, stage: str, removed: int, body: dict) -> None:
+    """Tell the receipt builder what stage partition p removed for an erasure."""
     if body.get("report") and user:
-        await erasure_reports.send(key=user.encode(), value=_json({"user": user, "stage": stage, "removed": removed}))
+        await erasure_reports.send(key=user.encode(), value=_json(
+            {"user": user, "stage": stage, "partition": p, "removed": removed}))
 
 
 def _partition_of(user: str) -> int:
@@ -943,7 +945,7 @@ async def _detect_purge(p: int, body: dict, emit: bool = True) -> None:
     removed = detector.purge_user(user)
     versions.pop(user, None)
     if emit:
-        await _report_purge(user, "detector_pings", removed, body)
+        await _report_purge(p, user, "detector_pings", removed, body)
 
 
 async def _detect_batches(tp, pending: list[tuple[object, dict]], emit: bool = True) -> None:
@@ -1205,7 +1207,7 @@ async def _report_one(tp, record, out: _Reports) -> None:
         gone[tag] = max(gone.get(tag, 0.0), body["v"])
         guard_table[f"{p}|{tag}"] = [gone[tag], clock]  # written at this record's partition
         partners = cooldown.purge_user(user)
-        await _report_purge(user, "crossing_pairs", len(partners), body)
+        await _report_purge(p, user, "crossing_pairs", len(partners), body)
         for other in partners:
             pair_table.pop(f"{p}|{pair_key(user, other)}", None)
             await crossings.send(key=other.encode(), value=CrossingRecord(
@@ -1238,7 +1240,7 @@ async def _window_one(tp, record, stage: faust.TopicT, windows: TableBackedWindo
     body = orjson.loads(record.value)
     if "purge" in body:
         removed = windows.purge(p, set(body["purge"]))
-        await _report_purge(body.get("user"), purged, removed, body)
+        await _report_purge(p, body.get("user"), purged, removed, body)
         return
     if "progress" in body:
         windows.advance(p, *_progress_marker(body))
@@ -1291,7 +1293,7 @@ async def _publish_connections(window) -> None:
 # ---------------------------------------------------------------------------
 # Erasure receipts: one per erased user, once every stage partition has reported
 
-pending_receipts: dict[str, dict] = {}
+pending_receipts: dict[str, ReceiptDraft] = {}
 
 
 @app.agent(erasure_reports)
@@ -1303,19 +1305,13 @@ async def build_receipts(stream):
 async def _receipt_one(event: faust.EventT) -> None:
     body = json.loads(event.message.value)
     user = body["user"]
-    receipt = pending_receipts.setdefault(user, {"purged": {}, "reports": 0, "expect": None})
-    if body["stage"] == "ingest":
-        receipt.update(expect=body["expect"], reason=body["reason"], requested_at=body["requested_at"])
-        for name, n in body["removed"].items():
-            receipt["purged"][name] = receipt["purged"].get(name, 0) + n
-    else:
-        receipt["reports"] += 1
-        receipt["purged"][body["stage"]] = receipt["purged"].get(body["stage"], 0) + body["removed"]
-    if receipt["expect"] is not None and receipt["reports"] >= receipt["expect"]:
+    receipt = pending_receipts.setdefault(user, ReceiptDraft())
+    receipt.add(body)
+    if receipt.complete:
         del pending_receipts[user]
         await erasure_receipts.send(key=user.encode(), value=_json({
-            "user_id": user, "reason": receipt["reason"], "requested_at": format_ts(receipt["requested_at"]),
-            "completed_at": format_ts(time.time()), "purged": receipt["purged"],
+            "user_id": user, "reason": receipt.reason, "requested_at": format_ts(receipt.requested_at),
+            "completed_at": format_ts(time.time()), "purged": receipt.purged,
             "tombstones": [settings.topic("consents"), f"{settings.app_id}-consent-state-changelog",
                            f"{settings.app_id}-activity-changelog", f"{settings.app_id}-pair-last-changelog",
                            f"{settings.app_id}-location-members-changelog",

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from anonymizers.retention import DAY_S, Action, Activity, InactivityParams, erasure_tag, next_action, on_login
+from anonymizers.retention import (DAY_S, Action, Activity, InactivityParams, ReceiptDraft, erasure_tag, next_action,
+                                   on_login)
 
 P = InactivityParams(inactive_s=3 * 365 * DAY_S, grace_s=30 * DAY_S)
 T = 1_700_000_000.0
@@ -38,3 +41,46 @@ def test_erasure_tag_is_keyed_and_stable():
 def test_params_name_the_bad_value(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         InactivityParams(**bad)
+
+
+# --------------------------------------------------------------------------- erasure receipts
+
+def _erasure_reports(partitions: int) -> list[dict]:
+    stages = ("detector_pings", "crossing_pairs", "location_memberships", "connection_memberships")
+    ingest = {"stage": "ingest", "expect": len(stages) * partitions, "reason": "account_deleted",
+              "requested_at": 100.0, "removed": {"consent_state": 1, "activity": 1}}
+    return [ingest] + [{"stage": s, "partition": p, "removed": p + 1} for s in stages for p in range(partitions)]
+
+
+def test_a_receipt_completes_when_every_stage_partition_has_answered():
+    reports = _erasure_reports(partitions=3)
+    draft = ReceiptDraft()
+    for r in reports[:-1]:
+        draft.add(r)
+        assert not draft.complete
+    draft.add(reports[-1])
+    assert draft.complete
+    assert draft.purged == {"consent_state": 1, "activity": 1, "detector_pings": 6, "crossing_pairs": 6,
+                            "location_memberships": 6, "connection_memberships": 6}
+
+
+@given(partitions=st.integers(1, 4), data=st.data())
+def test_reports_delivered_twice_never_complete_a_receipt_early_nor_count_twice(partitions, data):
+    """At least once delivery: any order, any report repeated. The receipt completes exactly when the
+    last distinct answer arrives, with the counts of each answer taken once."""
+    reports = _erasure_reports(partitions)
+    order = data.draw(st.permutations(reports))
+    repeats = data.draw(st.lists(st.sampled_from(reports), max_size=10))
+    stream = list(order)
+    for r in repeats:
+        stream.insert(data.draw(st.integers(0, len(stream))), r)
+    once, draft = ReceiptDraft(), ReceiptDraft()
+    for r in reports:
+        once.add(r)
+    seen = []
+    for r in stream:
+        draft.add(r)
+        if r not in seen:
+            seen.append(r)
+        assert draft.complete == (len(seen) == len(reports))
+    assert draft.purged == once.purged and draft.expect == once.expect
