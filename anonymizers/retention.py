@@ -108,3 +108,12 @@ class ReceiptDraft:
     @property
     def complete(self) -> bool:
         return self.expect is not None and len(self.answered) >= self.expect
+
+    def to_json(self) -> dict:
+        return {"expect": self.expect, "reason": self.reason, "requested_at": self.requested_at,
+                "purged": dict(self.purged), "answered": sorted([s, p] for s, p in self.answered)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "ReceiptDraft":
+        return cls(doc["expect"], doc["reason"], doc["requested_at"], dict(doc["purged"]),
+                   {(s, p) for s, p in doc["answered"]})

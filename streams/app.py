@@ -1293,7 +1293,9 @@ async def _publish_connections(window) -> None:
 # ---------------------------------------------------------------------------
 # Erasure receipts: one per erased user, once every stage partition has reported
 
-pending_receipts: dict[str, ReceiptDraft] = {}
+# Drafts by user id, until the receipt is out (then a tombstone): a restarted worker, or one that
+# takes the partition over, still completes the receipt with the reports it has not seen.
+receipt_table = app.Table("receipt-drafts", default=None, partitions=P, key_type=str)
 
 
 @app.agent(erasure_reports)
@@ -1305,17 +1307,21 @@ async def build_receipts(stream):
 async def _receipt_one(event: faust.EventT) -> None:
     body = json.loads(event.message.value)
     user = body["user"]
-    receipt = pending_receipts.setdefault(user, ReceiptDraft())
+    saved = receipt_table.get(user)
+    receipt = ReceiptDraft() if saved is None else ReceiptDraft.from_json(saved)
     receipt.add(body)
-    if receipt.complete:
-        del pending_receipts[user]
+    if not receipt.complete:
+        receipt_table[user] = receipt.to_json()  # at this report's partition (co-partitioned by user)
+    else:
+        receipt_table.pop(user, None)  # a tombstone in the changelog
         await erasure_receipts.send(key=user.encode(), value=_json({
             "user_id": user, "reason": receipt.reason, "requested_at": format_ts(receipt.requested_at),
             "completed_at": format_ts(time.time()), "purged": receipt.purged,
             "tombstones": [settings.topic("consents"), f"{settings.app_id}-consent-state-changelog",
                            f"{settings.app_id}-activity-changelog", f"{settings.app_id}-pair-last-changelog",
                            f"{settings.app_id}-location-members-changelog",
-                           f"{settings.app_id}-connection-members-changelog"],
+                           f"{settings.app_id}-connection-members-changelog",
+                           f"{settings.app_id}-receipt-drafts-changelog"],
             "retraction_sent": True}))
 
 
@@ -1328,7 +1334,7 @@ async def audit_view(web, request):
         "detector_pings": sum(d.pings_of(user) for d in detectors.values()),
         "consent_versions": sum(user in v for v in consent_versions.values()),
         "crossing_pairs": sum(len(c.partners_of(user)) for c in cooldowns.values()),
-        "pending_receipts": int(user in pending_receipts),
+        "pending_receipts": int(_peek(receipt_table, user) is not None),
         "ingest_caches": int(user in _schedules) + int(user in _tags) + sum(k[0] == user for k in _pseudonyms),
         "location_memberships": location_windows.memberships_of(members),
         "connection_memberships": connection_windows.memberships_of(members),

@@ -66,6 +66,13 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
         assert purged["detector_pings"] >= 5 and purged["crossing_pairs"] == 1
         assert purged["location_memberships"] >= 1 and purged["connection_memberships"] >= 1
         assert receipts[0][1]["reason"] == "account_deleted"
+        # The draft was kept in a changelogged table until the receipt was out (a restarted worker
+        # would still complete it), then tombstoned: the changelog keeps no live trace of alice.
+        drafts_topic = f"{s.app_id}-receipt-drafts-changelog"
+        assert drafts_topic in receipts[0][1]["tombstones"]
+        drafts = _wait(lambda: latest_by_key(s.bootstrap_servers, drafts_topic),
+                       lambda d: b'"alice"' in d and d[b'"alice"'] is None)
+        assert b'"alice"' in drafts and all(v is None for v in drafts.values())
 
         # The other party was told to stop showing alice; alice's own view is retracted too.
         retractions = [(k, v) for k, v in _docs(s, "crossings") if v["type"] == "retraction"]

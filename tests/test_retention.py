@@ -1,6 +1,8 @@
 """Inactivity rules with a controlled clock, and erasure markers."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,3 +86,14 @@ def test_reports_delivered_twice_never_complete_a_receipt_early_nor_count_twice(
             seen.append(r)
         assert draft.complete == (len(seen) == len(reports))
     assert draft.purged == once.purged and draft.expect == once.expect
+
+
+def test_a_receipt_draft_round_trips_through_json():
+    draft = ReceiptDraft()
+    for r in _erasure_reports(partitions=2)[:4]:
+        draft.add(r)
+    again = ReceiptDraft.from_json(json.loads(json.dumps(draft.to_json())))
+    assert again == draft and not again.complete
+    for r in _erasure_reports(partitions=2)[4:]:
+        again.add(r)
+    assert again.complete
