@@ -691,7 +691,7 @@ async def _purge_downstream(user: str, at: float, reason: str, crossings_: bool,
             type="retraction", user_id=user, reason=reason, emitted_at=format_ts(time.time())).to_bytes())
     if locations or connections:
         members = sorted({PSEUDONYMS.pseudonym(user, ws) for ws in _recent_windows(max(time.time(), at))})
-        body = _json({"purge": members, "user": user if report else None, "report": report})
+        body = _json({"purge": members, "user": user if report else None, "report": report, "v": at})
         for p in range(P):
             if locations:
                 await stats_cells.send(key=b"purge", value=body, partition=p)
@@ -725,7 +725,7 @@ async def _report_purge(p: int, user: str | None, stage: str, removed: int, body
     """Tell the receipt builder what stage partition p removed for an erasure."""
     if body.get("report") and user:
         await erasure_reports.send(key=user.encode(), value=_json(
-            {"user": user, "stage": stage, "partition": p, "removed": removed}))
+            {"user": user, "stage": stage, "partition": p, "removed": removed, "v": body.get("v")}))
 
 
 def _partition_of(user: str) -> int:
@@ -1307,6 +1307,10 @@ async def build_receipts(stream):
 async def _receipt_one(event: faust.EventT) -> None:
     body = json.loads(event.message.value)
     user = body["user"]
+    done = f"done|{erasure_tag(SECRET, user)}"  # keyed hash: the marker keeps no user id
+    erasure = body["requested_at"] if body["stage"] == "ingest" else body.get("v")
+    if erasure is not None and receipt_table.get(done) == erasure:
+        return  # a report of an erasure whose receipt is out, delivered again: no new draft
     saved = receipt_table.get(user)
     receipt = ReceiptDraft() if saved is None else ReceiptDraft.from_json(saved)
     receipt.add(body)
@@ -1314,6 +1318,7 @@ async def _receipt_one(event: faust.EventT) -> None:
         receipt_table[user] = receipt.to_json()  # at this report's partition (co-partitioned by user)
     else:
         receipt_table.pop(user, None)  # a tombstone in the changelog
+        receipt_table[done] = receipt.requested_at
         await erasure_receipts.send(key=user.encode(), value=_json({
             "user_id": user, "reason": receipt.reason, "requested_at": format_ts(receipt.requested_at),
             "completed_at": format_ts(time.time()), "purged": receipt.purged,

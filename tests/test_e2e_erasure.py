@@ -67,12 +67,15 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
         assert purged["location_memberships"] >= 1 and purged["connection_memberships"] >= 1
         assert receipts[0][1]["reason"] == "account_deleted"
         # The draft was kept in a changelogged table until the receipt was out (a restarted worker
-        # would still complete it), then tombstoned: the changelog keeps no live trace of alice.
+        # would still complete it), then tombstoned: the changelog keeps no live trace of alice,
+        # only a done marker under her keyed hash.
         drafts_topic = f"{s.app_id}-receipt-drafts-changelog"
         assert drafts_topic in receipts[0][1]["tombstones"]
         drafts = _wait(lambda: latest_by_key(s.bootstrap_servers, drafts_topic),
                        lambda d: b'"alice"' in d and d[b'"alice"'] is None)
-        assert b'"alice"' in drafts and all(v is None for v in drafts.values())
+        assert b'"alice"' in drafts and drafts[b'"alice"'] is None
+        live = {k: v for k, v in drafts.items() if v is not None}
+        assert [k[:6] for k in live] == [b'"done|'] and not any(b"alice" in k + v for k, v in live.items())
 
         # The other party was told to stop showing alice; alice's own view is retracted too.
         retractions = [(k, v) for k, v in _docs(s, "crossings") if v["type"] == "retraction"]
@@ -151,3 +154,43 @@ def test_inactivity_notice_then_erasure_with_a_controlled_clock(pipeline_setting
         receipts = _docs(s, "erasure-receipts")
     assert [(k, v["reason"]) for k, v in receipts] == [("sleepy", "inactivity")]
     assert receipts[0][1]["purged"]["activity"] == 1
+
+
+def test_a_receipt_survives_a_worker_restart_and_counts_repeated_reports_once(pipeline_settings):
+    """Half of an erasure's stage reports reach one worker, the rest (some twice) its successor: one
+    receipt, with each stage partition's count taken once."""
+    s = pipeline_settings
+    topic = s.topic("erasure-reports")
+    stages = ("detector_pings", "crossing_pairs", "location_memberships", "connection_memberships")
+    ingest = {"user": "zed", "stage": "ingest", "expect": len(stages) * s.partitions, "reason": "account_deleted",
+              "requested_at": time.time(), "removed": {"consent_state": 1, "activity": 1, "caches": 0}}
+    answers = [{"user": "zed", "stage": st, "partition": p, "removed": 1, "v": ingest["requested_at"]}
+               for st in stages for p in range(s.partitions)]
+    first, rest = [ingest] + answers[: len(answers) // 2], answers[len(answers) // 2:]
+    drafts_topic = f"{s.app_id}-receipt-drafts-changelog"
+    prod = producer(s)
+
+    def send(reports):
+        for r in reports:
+            send_json(prod, topic, "zed", r)
+        prod.flush()
+
+    with running_workers(s, count=1):
+        send(first + first[1:3])  # two answers delivered twice
+        draft = _wait(lambda: latest_by_key(s.bootstrap_servers, drafts_topic),
+                      lambda d: d.get(b'"zed"') and len(json.loads(d[b'"zed"'])["answered"]) == len(first) - 1)
+        assert len(json.loads(draft[b'"zed"'])["answered"]) == len(first) - 1
+        time.sleep(2)  # offsets committed
+        assert _docs(s, "erasure-receipts") == []
+    with running_workers(s, count=1):  # a new process: the draft comes back from the changelog
+        send(rest + rest[:2] + [ingest])  # and some reports come again after the receipt is out
+        receipts = _wait(lambda: _docs(s, "erasure-receipts"), lambda d: bool(d))
+        time.sleep(3)
+        receipts = _docs(s, "erasure-receipts")
+    assert [k for k, _ in receipts] == ["zed"], "one receipt, after every stage partition answered"
+    assert receipts[0][1]["purged"] == {"consent_state": 1, "activity": 1, "caches": 0,
+                                        **{st: s.partitions for st in stages}}
+    drafts = latest_by_key(s.bootstrap_servers, drafts_topic)
+    assert drafts[b'"zed"'] is None, "no draft left behind (late repeats start none)"
+    assert [json.loads(v) for k, v in drafts.items() if v is not None] == [ingest["requested_at"]]  # the done marker
+    assert not any(b"zed" in k for k, v in drafts.items() if v is not None)
