@@ -71,6 +71,11 @@ def erasure_tag(secret: bytes, user_id: str) -> str:
     return hmac.digest(secret, b"crosspaths/erased/v1:" + user_id.encode(), hashlib.sha256)[:16].hex()
 
 
+def erasure_of(report: dict) -> float | None:
+    """The time of the erasure a report belongs to (None: a report from before reports carried it)."""
+    return report["requested_at"] if report["stage"] == "ingest" else report.get("v")
+
+
 @dataclass
 class ReceiptDraft:
     """What the stages reported so far for one erasure; complete once every purge request answered.

@@ -34,8 +34,8 @@ from anonymizers.consent import Consent, Purpose, PurposeSchedule, withdrawn
 from anonymizers.dp import DPParams, publish_noisy_cells
 from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
 from anonymizers.pseudonym import Pseudonymizer
-from anonymizers.retention import (DAY_S, Action, Activity, InactivityParams, ReceiptDraft, erasure_tag, next_action,
-                                   on_login)
+from anonymizers.retention import (DAY_S, Action, Activity, InactivityParams, ReceiptDraft, erasure_of, erasure_tag,
+                                   next_action, on_login)
 from anonymizers.windows import recent_windows, window_start
 from geo.crossings import CellDetector, LateFix, PairCooldown, pair_key, route_many, split_pair_key
 from geo.resume import ReplayLog, ResumePoint, choose, progress_of, remember, restore_progress
@@ -479,7 +479,6 @@ RESUME_EVERY_S = 1.0  # a new point per detector partition at most this often...
 RESUME_KEEP = 60  # ...and this many kept: a crash resumes from the last commit, at most ~1 min back
 detectors: dict[int, CellDetector] = {}
 replay_logs: dict[int, ReplayLog] = {}
-resume_points: dict[int, list[ResumePoint]] = {}
 resume_saved_at: dict[int, float] = {}
 rebuilds: dict[int, dict] = {}  # how each detector partition was last rebuilt (for /state/)
 consent_versions: dict[int, dict[str, float]] = {}
@@ -839,12 +838,7 @@ async def _rebuild_detector(tp, resume_at: int) -> None:
     p = tp.partition
     detector = _detector_state(p)[0]
     replay_logs[p] = ReplayLog()
-    try:
-        points = [ResumePoint.from_json(doc) for doc in resume_table.get(str(p)) or []]
-    except Exception:  # a value this code did not write: start empty rather than stop the stage
-        logging.getLogger(__name__).exception("unreadable resume points of %s[%d]; detector starts empty", tp.topic, p)
-        points = []
-    resume_points[p] = points
+    points = _saved_points(p)
     point = choose(points, resume_at)
     if point is None:
         if points:
@@ -892,6 +886,19 @@ async def _replay(tp, low: int, end: int) -> tuple[int, int]:
     return replayed, pings
 
 
+def _saved_points(p: int) -> list[ResumePoint]:
+    """Partition p's saved resume points, oldest first (from the table, so they survive the worker).
+
+    A value this code did not write counts as none: the detector starts empty rather than the
+    stage stopping, and the next point saved replaces it.
+    """
+    try:
+        return [ResumePoint.from_json(doc) for doc in _peek(resume_table, str(p)) or []]
+    except Exception:
+        logging.getLogger(__name__).exception("unreadable resume points of crossing-cells partition %d", p)
+        return []
+
+
 def _save_resume_point(p: int) -> None:
     """Save where partition p's detector state can be rebuilt from (at most every RESUME_EVERY_S)."""
     now = time.monotonic()
@@ -902,8 +909,7 @@ def _save_resume_point(p: int) -> None:
     point = replay_logs[p].point(detector.horizon, progress_of(detector))
     if point is None:
         return
-    points = resume_points[p] = remember(resume_points.get(p, []), point, RESUME_KEEP)
-    key, value = str(p), [pt.to_json() for pt in points]
+    key, value = str(p), [pt.to_json() for pt in remember(_saved_points(p), point, RESUME_KEEP)]
     resume_table.data[key] = value
     resume_table.send_changelog(p, key, value)
 
@@ -1130,8 +1136,8 @@ async def forget_moved_crossing_state(app, assigned, **kwargs) -> None:
             cooldowns.pop(tp.partition, None)
             revoked.pop(tp.partition, None)
         elif tp.topic == crossing_cells.get_topic_name():
-            for state in (detectors, consent_versions, local_cooldowns, detect_seen, replay_logs, resume_points,
-                          resume_saved_at, rebuilds):
+            for state in (detectors, consent_versions, local_cooldowns, detect_seen, replay_logs, resume_saved_at,
+                          rebuilds):
                 state.pop(tp.partition, None)
     _owned = set(assigned)
 
@@ -1308,7 +1314,7 @@ async def _receipt_one(event: faust.EventT) -> None:
     body = json.loads(event.message.value)
     user = body["user"]
     done = f"done|{erasure_tag(SECRET, user)}"  # keyed hash: the marker keeps no user id
-    erasure = body["requested_at"] if body["stage"] == "ingest" else body.get("v")
+    erasure = erasure_of(body)
     if erasure is not None and receipt_table.get(done) == erasure:
         return  # a report of an erasure whose receipt is out, delivered again: no new draft
     saved = receipt_table.get(user)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anonymizers.retention import (DAY_S, Action, Activity, InactivityParams, ReceiptDraft, erasure_tag, next_action,
-                                   on_login)
+from anonymizers.retention import (DAY_S, Action, Activity, InactivityParams, ReceiptDraft, erasure_of, erasure_tag,
+                                   next_action, on_login)
 
 P = InactivityParams(inactive_s=3 * 365 * DAY_S, grace_s=30 * DAY_S)
 T = 1_700_000_000.0
@@ -97,3 +97,10 @@ def test_a_receipt_draft_round_trips_through_json():
     for r in _erasure_reports(partitions=2)[4:]:
         again.add(r)
     assert again.complete
+
+
+def test_every_report_names_the_erasure_it_belongs_to():
+    ingest, *answers = _erasure_reports(partitions=1)
+    answers = [dict(a, v=ingest["requested_at"]) for a in answers]
+    assert {erasure_of(r) for r in [ingest, *answers]} == {ingest["requested_at"]}
+    assert erasure_of({"stage": "crossing_pairs", "partition": 0, "removed": 1}) is None
