@@ -15,8 +15,11 @@ the ceiling the framework itself puts on that ratio, with handlers that do nothi
                      -> one record per participant, keyed by that participant and placed by
                      Kafka's partitioner (as the report stage sends them). No decoding, consent,
                      routing, detection or tables: the ceiling the pipeline's shape puts on the ratio.
+  (f) plain          (e)'s stages without Faust: one AIOKafkaConsumer assigned the input and the
+                     internal topics from the beginning, one AIOKafkaProducer, no consumer group,
+                     no commits. Is the ceiling Faust's, or Kafka I/O's from Python on this machine?
 
-(a) runs in this process before and after; (b)-(e) each in a fresh child process with its own
+(a) runs in this process before and after; (b)-(f) each in a fresh child process with its own
 consumer group, on the same topic of --messages ~100-byte pings.
 
 Usage (own broker, see bench/RESULTS.md):
@@ -31,106 +34,168 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ingest import consume, produce  # noqa: E402
+from streams.partitioner import partitions_for  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
-MODES = ("events", "take", "batch", "topology")
+MODES = ("events", "take", "batch", "topology", "plain")
 
 
-def topology(app, source, n: int, per_ping: float, count) -> None:
-    """(e): input -> cells + stats-cells -> pairs -> one output record per participant; nothing else."""
-    import zlib
+# The crossing record the report stage sends, at its usual size.
+CROSSING = json.dumps({"type": "crossing", "user_id": "user-000123", "other_user_id": "user-001777",
+                       "ts": "2026-11-30T10:00:00Z", "place": "8a1fb46622dffff", "place_resolution": 10,
+                       "distance_band": "50-100 m", "emitted_at": "2026-11-30T10:05:01Z"}).encode()
+STAGES = ("cells", "stats", "pairs", "out")
 
-    from streams.bulk import batch_agent
-    from streams.partitioner import partitions_for
 
-    def internal(name: str):
-        return app.topic(f"{source.get_topic_name()}-{name}", partitions=4, key_serializer="raw",
-                         value_serializer="raw", internal=True)
+class EmptyStages:
+    """(e) and (f): input -> cells + stats-cells -> pairs -> one output record per participant; nothing else.
 
-    cells, stats, pairs, out = internal("cells"), internal("stats"), internal("pairs"), internal("out")
-    # The crossing record the report stage sends, at its usual size.
-    crossing = json.dumps({"type": "crossing", "user_id": "user-000123", "other_user_id": "user-001777",
-                           "ts": "2026-11-30T10:00:00Z", "place": "8a1fb46622dffff", "place_resolution": 10,
-                           "distance_band": "50-100 m", "emitted_at": "2026-11-30T10:05:01Z"}).encode()
-    state = {"cells": 0, "stats": 0, "owed": 0.0, "candidates": 0, "reported": 0}
+    send(stage, key, value, partition) and send_many(stage, keys, values, partitions) hand messages
+    to a producer; the handlers are called with the records of one fetched topic-partition.
+    """
 
-    async def send(topic, key, value, partition):
-        await app.producer.send(topic.get_topic_name(), key, value, partition, None, None)
+    def __init__(self, n: int, per_ping: float, send, send_many) -> None:
+        self.n, self.per_ping, self.send, self.send_many = n, per_ping, send, send_many
+        self.cells = self.stats = self.candidates = self.reported = 0
+        self.owed = 0.0
 
-    async def send_many(topic, keys, values, parts):  # as streams.app._send_many
-        producer = app.producer._ensure_producer()
-        name = topic.get_topic_name()
-        batches = {}
-        for key, value, q in zip(keys, values, parts):
-            batch = batches.get(q)
-            if batch is None:
-                batch = batches[q] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                batch.close()
-                await producer.send_batch(batch, name, partition=q)
-                batch = batches[q] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        for q, batch in batches.items():
-            batch.close()
-            await producer.send_batch(batch, name, partition=q)
+    def done(self) -> bool:
+        return self.cells >= self.n and self.stats >= self.n and self.reported >= self.candidates
 
-    async def done() -> None:
-        if state["cells"] >= n and state["stats"] >= n and state["reported"] >= state["candidates"]:
-            await app.producer.flush()  # every output record acknowledged
-            count(n)
-
-    @batch_agent(app, source)
-    async def ingest(tp, records):
-        count(0)
+    async def ingest(self, records) -> None:
         by_dest: dict[int, list[bytes]] = {}
         for r in records:
             by_dest.setdefault(zlib.crc32(r.key) & 3, []).append(r.value)
         for q, values in by_dest.items():
             payload = b"\n".join(values)
-            await send(cells, b"batch", payload, q)
-            await send(stats, b"batch", payload, q)
+            await self.send("cells", b"batch", payload, q)
+            await self.send("stats", b"batch", payload, q)
 
-    @batch_agent(app, stats)
-    async def aggregate(tp, records):
-        state["stats"] += sum(r.value.count(b"\n") + 1 for r in records)
-        await done()
+    async def aggregate(self, records) -> None:
+        self.stats += sum(r.value.count(b"\n") + 1 for r in records)
 
-    @batch_agent(app, cells)
-    async def detect(tp, records):
+    async def detect(self, records) -> None:
         by_dest: dict[int, list[bytes]] = {}
         for r in records:
             values = r.value.split(b"\n")
-            state["cells"] += len(values)
-            state["owed"] += per_ping * len(values)
-            k = int(state["owed"])
-            state["owed"] -= k
-            state["candidates"] += k
+            self.cells += len(values)
+            self.owed += self.per_ping * len(values)
+            k = int(self.owed)
+            self.owed -= k
+            self.candidates += k
             for i in range(k):
                 by_dest.setdefault(i & 3, []).append(values[i % len(values)])
         for q, values in by_dest.items():
-            await send(pairs, b"batch", b"\n".join(values), q)
-        await done()
+            await self.send("pairs", b"batch", b"\n".join(values), q)
 
-    @batch_agent(app, pairs)
-    async def report(tp, records):
+    async def report(self, records) -> None:
         keys, values = [], []
         for r in records:
             for i, _ in enumerate(r.value.split(b"\n")):
                 keys += [b"user-%06d" % (i % 2000), b"user-%06d" % ((i + 1) % 2000)]
-                values += [crossing, crossing]
-                state["reported"] += 1
-        await send_many(out, keys, values, partitions_for(keys, 4))
-        await done()
+                values += [CROSSING, CROSSING]
+                self.reported += 1
+        await self.send_many("out", keys, values, partitions_for(keys, 4))
 
 
-def child(mode: str, topic: str, n: int, bootstrap: str, per_ping: float = 0.4) -> None:
-    """Run a Faust worker whose only agent counts `n` messages of `topic`, print the rate, exit."""
+async def send_batches(producer, name: str, keys, values, parts) -> None:
+    """Messages as record batches, one per partition (as streams.app._send_many)."""
+    batches = {}
+    for key, value, q in zip(keys, values, parts):
+        batch = batches.get(q)
+        if batch is None:
+            batch = batches[q] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            batch.close()
+            await producer.send_batch(batch, name, partition=q)
+            batch = batches[q] = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    for q, batch in batches.items():
+        batch.close()
+        await producer.send_batch(batch, name, partition=q)
+
+
+def topology(app, source, n: int, per_ping: float, count) -> None:
+    """(e): the empty stages as batch agents of one Faust worker."""
+    from streams.bulk import batch_agent
+
+    topics = {name: app.topic(f"{source.get_topic_name()}-{name}", partitions=4, key_serializer="raw",
+                              value_serializer="raw", internal=True) for name in STAGES}
+
+    async def send(stage, key, value, partition):
+        await app.producer.send(topics[stage].get_topic_name(), key, value, partition, None, None)
+
+    async def send_many(stage, keys, values, parts):
+        await send_batches(app.producer._ensure_producer(), topics[stage].get_topic_name(), keys, values, parts)
+
+    stages = EmptyStages(n, per_ping, send, send_many)
+
+    def agent(topic, handler):
+        @batch_agent(app, topic)
+        async def run(tp, records):
+            count(0)  # starts the clock
+            await handler(records)
+            if stages.done():
+                await app.producer.flush()  # every output record acknowledged
+                count(n)
+
+    agent(source, stages.ingest)
+    agent(topics["stats"], stages.aggregate)
+    agent(topics["cells"], stages.detect)
+    agent(topics["pairs"], stages.report)
+
+
+async def plain_topology(topic: str, n: int, per_ping: float, bootstrap: str) -> float:
+    """(f): the same empty stages on one AIOKafkaConsumer and AIOKafkaProducer, no Faust; seconds taken."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    names = {stage: f"{topic}-plain-{stage}" for stage in STAGES}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024, acks=1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    await producer.start()
+    await consumer.start()
+
+    async def send(stage, key, value, partition):
+        await producer.send(names[stage], value, key=key, partition=partition)
+
+    async def send_many(stage, keys, values, parts):
+        await send_batches(producer, names[stage], keys, values, parts)
+
+    stages = EmptyStages(n, per_ping, send, send_many)
+    handlers = {topic: stages.ingest, names["stats"]: stages.aggregate, names["cells"]: stages.detect,
+                names["pairs"]: stages.report}
+    tps = [TopicPartition(t, q) for t in handlers for q in range(4)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    t0 = None
+    try:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            for tp, records in fetched.items():
+                t0 = t0 or time.perf_counter()
+                await handlers[tp.topic](records)
+            if t0 and stages.done():
+                await producer.flush()
+                return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def child(mode: str, topic: str, n: int, bootstrap: str, per_ping: float) -> None:
+    """Run a Faust worker whose agents handle `n` messages of `topic`, print the time taken, exit."""
+    if mode == "plain":
+        seconds = asyncio.run(plain_topology(topic, n, per_ping, bootstrap))
+        print(json.dumps({"mode": mode, "n": n, "seconds": seconds}), flush=True)
+        return
     import faust
 
     from streams.bulk import batch_agent
@@ -182,8 +247,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
-    ap.add_argument("--candidates-per-ping", type=float, default=0.4,
-                    help="(e): candidate pairs per ping reaching the report stage (the simulated city: ~0.4)")
+    ap.add_argument("--candidates-per-ping", type=float, default=0.66,
+                    help="(e), (f): candidate pairs per ping reaching the report stage (the simulated city: 0.66)")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -195,7 +260,8 @@ def main() -> None:
 
     topic = f"bench-ceiling-{int(time.time())}"
     KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers).create_topics(
-        [NewTopic(topic, 4, 1), NewTopic(f"{topic}-out", 4, 1)])  # -out: (e)'s output, read by nobody
+        [NewTopic(topic, 4, 1), NewTopic(f"{topic}-out", 4, 1)]  # -out: (e)'s output, read by nobody
+        + [NewTopic(f"{topic}-plain-{stage}", 4, 1) for stage in STAGES])  # (f)'s
     value = json.dumps({"schema_version": 1, "user_id": "user-000123", "ts": "2026-11-30T10:00:00.000Z",
                         "lat": 48.85661, "lon": 2.35222, "accuracy_m": 12.0}).encode()
     took = produce(settings, topic, ((f"user-{i % 2000:06d}".encode(), value) for i in range(args.messages)))
@@ -217,7 +283,8 @@ def main() -> None:
     base = sum(raw) / len(raw)
     print(f"(a) raw aiokafka consume           {base:>10,.0f} msg/s (before {raw[0]:,.0f}, after {raw[1]:,.0f})")
     labels = {"events": "(b) faust agent, stream.events()", "take": "(c) faust agent, take_events(500)",
-              "batch": "(d) batch agent (streams.bulk)", "topology": "(e) the stages, empty (see above)"}
+              "batch": "(d) batch agent (streams.bulk)", "topology": "(e) the stages, empty (see above)",
+              "plain": "(f) the same, plain aiokafka"}
     for mode, rate in rates.items():
         print(f"{labels[mode]:<34} {rate:>10,.0f} msg/s   ratio {rate / base:.3f}")
 
