@@ -249,6 +249,10 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     ap.add_argument("--candidates-per-ping", type=float, default=0.66,
                     help="(e), (f): candidate pairs per ping reaching the report stage (the simulated city: 0.66)")
+    ap.add_argument("--plot", type=Path, help="also draw the ratios as a bar chart (PNG) at this path")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=RATIO",
+                    help="a ratio measured elsewhere to draw beside them (in grey), e.g. the worker's from "
+                         "bench_streaming.py; repeatable")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -287,6 +291,39 @@ def main() -> None:
               "plain": "(f) the same, plain aiokafka"}
     for mode, rate in rates.items():
         print(f"{labels[mode]:<34} {rate:>10,.0f} msg/s   ratio {rate / base:.3f}")
+    if args.plot and rates:
+        chart = {"batch": "(d) one empty batch agent", "topology": "(e) the pipeline's stages, empty",
+                 "plain": "(f) the same, plain aiokafka"}
+        plot(args.plot, {chart.get(mode, labels[mode]): rate / base for mode, rate in rates.items()}, base, args)
+        print(f"chart: {args.plot}")
+
+
+def plot(path: Path, ratios: dict[str, float], base: float, args) -> None:
+    """Horizontal bars of each mode's ratio to raw consume (and --also ones), with issue 3's target at 0.5."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(label, ratio, "#4c72b0") for label, ratio in ratios.items()]
+    for item in args.also:
+        label, _, ratio = item.rpartition("=")
+        bars.append((label, float(ratio), "#999999"))
+    bars.reverse()
+    fig, ax = plt.subplots(figsize=(8.5, 0.5 * len(bars) + 1.8))
+    drawn = ax.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    ax.bar_label(drawn, fmt="%.3f", padding=3)
+    ax.axvline(0.5, color="#c44e52", linestyle="--", label="issue 3's target (0.5)")
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel(f"pings/s ÷ raw aiokafka consume (this run: {base:,.0f} msg/s)")
+    ax.set_title(f"What one worker can reach, with no work per ping (blue; {args.messages:,} pings,\n"
+                 f"{args.candidates_per_ping:g} candidate pairs per ping) and as measured elsewhere (grey)",
+                 fontsize=10)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
