@@ -22,8 +22,14 @@ the ceiling the framework itself puts on that ratio, with handlers that do nothi
 (a) runs in this process before and after; (b)-(f) each in a fresh child process with its own
 consumer group, on the same topic of --messages ~100-byte pings.
 
+Each child's clock starts at its first handled batch. Keep --messages at 100k or more: with 20k,
+(d) reads as ~2x raw consume (Faust has fetched most of the topic before its first call), and
+(e)/(f) are mostly start-up.
+
 Usage (own broker, see bench/RESULTS.md):
     CROSSPATHS_BOOTSTRAP_SERVERS=127.0.0.1:29092 python bench/bench_faust_ceiling.py
+    CROSSPATHS_BOOTSTRAP_SERVERS=127.0.0.1:29092 python bench/bench_faust_ceiling.py \
+        --modes batch,topology,plain --candidates-per-ping 0.66 --plot docs/bench-ceiling.png
 """
 from __future__ import annotations
 
