@@ -293,14 +293,12 @@ def main() -> None:
     base = sum(raw) / len(raw)
     print(f"(a) raw aiokafka consume           {base:>10,.0f} msg/s (before {raw[0]:,.0f}, after {raw[1]:,.0f})")
     labels = {"events": "(b) faust agent, stream.events()", "take": "(c) faust agent, take_events(500)",
-              "batch": "(d) batch agent (streams.bulk)", "topology": "(e) the stages, empty (see above)",
+              "batch": "(d) one empty batch agent", "topology": "(e) the pipeline's stages, empty",
               "plain": "(f) the same, plain aiokafka"}
     for mode, rate in rates.items():
         print(f"{labels[mode]:<34} {rate:>10,.0f} msg/s   ratio {rate / base:.3f}")
     if args.plot and rates:
-        chart = {"batch": "(d) one empty batch agent", "topology": "(e) the pipeline's stages, empty",
-                 "plain": "(f) the same, plain aiokafka"}
-        plot(args.plot, {chart.get(mode, labels[mode]): rate / base for mode, rate in rates.items()}, base, args)
+        plot(args.plot, {labels[mode]: rate / base for mode, rate in rates.items()}, base, args)
         print(f"chart: {args.plot}")
 
 
