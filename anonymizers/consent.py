@@ -9,6 +9,7 @@ A deleted account allows nothing, ever.
 from __future__ import annotations
 
 import calendar
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -118,3 +119,86 @@ class PurposeSchedule:
         lasting = frozenset(p for p in Purpose if p is not Purpose.PARTNER_SHARING and allows(consent, p, expires))
         opted_in = not consent.deleted and consent.geolocation and consent.partner_sharing
         return cls(lasting | {Purpose.PARTNER_SHARING} if opted_in else lasting, expires, lasting, consent.updated_at)
+
+
+class ConsentOutcome(str, Enum):
+    """What a newly received consent record does to the user's recorded state."""
+
+    RECORD = "record"  # becomes the user's current consent (purposes it switches off are withdrawn)
+    ERASE = "erase"  # an account deletion: erase everything about the user
+    STALE = "stale"  # older than the recorded consent: rejected, the newer state stays
+    ERASED = "erased"  # the account was erased before: dropped (and tombstoned), never recorded again
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentChange:
+    """The decision on one consent record and the purposes it withdraws (empty unless RECORD)."""
+
+    outcome: ConsentOutcome
+    withdrawn: frozenset[Purpose] = frozenset()
+
+
+def decide_consent(previous: Consent | None, incoming: Consent, erased: bool) -> ConsentChange:
+    """Last writer wins by `updated_at`: what `incoming` does given the recorded state.
+
+    An erased account stays erased whatever arrives later. A record older than the recorded one
+    never overrides it (a tie is the same moment: the later-arriving record wins, as Kafka's
+    compaction keeps it). A deletion erases; anything else becomes the current state.
+    """
+    if erased:
+        return ConsentChange(ConsentOutcome.ERASED)
+    if previous is not None and previous.updated_at > incoming.updated_at:
+        return ConsentChange(ConsentOutcome.STALE)
+    if incoming.deleted:
+        return ConsentChange(ConsentOutcome.ERASE)
+    return ConsentChange(ConsentOutcome.RECORD, withdrawn(previous, incoming))
+
+
+class WithdrawalGuards:
+    """Which users withdrew consent, and the version withdrawn, for candidates computed before it.
+
+    A crossing candidate carries the consent versions (`updated_at`) its two users had when their
+    pings were accepted. Once a user withdraws, or is erased, with version v, every candidate
+    carrying a version <= v for that user was computed from pings sent before the withdrawal and is
+    dropped. Users are known by a keyed tag (never the user id); a guard is forgotten after a
+    wall-clock lifetime chosen by the caller (as long as such candidates can still arrive).
+    """
+
+    def __init__(self) -> None:
+        self._withdrawn: dict[str, float] = {}  # tag -> newest withdrawn consent version
+        self._set_at: dict[str, float] = {}  # tag -> wall clock of the last withdrawal
+
+    def withdraw(self, tag: str, version: float, set_at: float) -> tuple[float, float]:
+        """Record a withdrawal of `tag`'s consent version `version`; returns (version, set_at) kept."""
+        kept = max(self._withdrawn.get(tag, -math.inf), version)
+        self._withdrawn[tag], self._set_at[tag] = kept, set_at
+        return kept, set_at
+
+    def blocks(self, tag_a: str, version_a: float, tag_b: str, version_b: float) -> bool:
+        """Whether a candidate computed with these consent versions predates a withdrawal of either user."""
+        return version_a <= self._withdrawn.get(tag_a, -1.0) or version_b <= self._withdrawn.get(tag_b, -1.0)
+
+    def forget_set_before(self, before: float) -> list[str]:
+        """Forget guards set before `before` (wall clock); returns their tags."""
+        old = [tag for tag, at in self._set_at.items() if at < before]
+        for tag in old:
+            del self._withdrawn[tag], self._set_at[tag]
+        return old
+
+    def __bool__(self) -> bool:
+        return bool(self._withdrawn)
+
+    def __len__(self) -> int:
+        return len(self._withdrawn)
+
+    def snapshot(self) -> dict[str, list[float]]:
+        """tag -> [withdrawn version, set at]: JSON-ready."""
+        return {tag: [v, self._set_at[tag]] for tag, v in sorted(self._withdrawn.items())}
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, list[float]]) -> "WithdrawalGuards":
+        """Guards from a snapshot()."""
+        self = cls()
+        for tag, (version, set_at) in snapshot.items():
+            self._withdrawn[tag], self._set_at[tag] = float(version), float(set_at)
+        return self

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from anonymizers.consent import Purpose
 
 DAY_S = 86400.0
 
@@ -64,6 +68,38 @@ def next_action(activity: Activity, now: float, params: InactivityParams) -> Act
     if activity.notified_at is not None:
         return Action.ERASE if now >= activity.notified_at + params.grace_s else Action.NONE
     return Action.NOTIFY if now >= activity.last_login + params.inactive_s else Action.NONE
+
+
+class InactivityScan:
+    """When users are checked for inactivity: once per `every_s` of event time.
+
+    `now` is an event-time clock the caller takes from the slowest input it reads (never the
+    fastest): a user is then never judged against a time up to which their own input has not
+    been read, so an input partition that lags behind the others (a replay, a slow producer)
+    cannot make its active users look inactive.
+    """
+
+    def __init__(self, every_s: float = 3600.0) -> None:
+        self.every_s = every_s
+        self._scanned_at = -math.inf  # event time of the last scan
+
+    def due(self, now: float) -> bool:
+        """Whether a scan is due at event time `now` (marks it done if so)."""
+        if not math.isfinite(now) or now - self._scanned_at < self.every_s:
+            return False
+        self._scanned_at = now
+        return True
+
+
+def inactivity_actions(activities: Iterable[tuple[str, Activity]], now: float,
+                       params: InactivityParams) -> list[tuple[str, Action]]:
+    """The users among `activities` that need a notice or an erasure at `now`, in the given order."""
+    due = []
+    for user, activity in activities:
+        action = next_action(activity, now, params)
+        if action is not Action.NONE:
+            due.append((user, action))
+    return due
 
 
 def erasure_tag(secret: bytes, user_id: str) -> str:
@@ -122,3 +158,55 @@ class ReceiptDraft:
     def from_json(cls, doc: dict) -> "ReceiptDraft":
         return cls(doc["expect"], doc["reason"], doc["requested_at"], dict(doc["purged"]),
                    {(s, p) for s, p in doc["answered"]})
+
+
+class PurgeTarget(str, Enum):
+    """A stage that holds state about users and can be asked to forget one."""
+
+    DETECTOR = "detector_pings"  # live pings of the crossing detector (by spatial cell)
+    PAIRS = "crossing_pairs"  # who met whom, per pair (cooldown); retracts the user's crossings
+    LOCATIONS = "location_memberships"  # partner-statistics windows (by pseudonym)
+    CONNECTIONS = "connection_memberships"  # connection-statistics windows (by pseudonym)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgePlan:
+    """What to forget about one user, where, and whether the stages report back for a receipt."""
+
+    reason: str
+    targets: frozenset[PurgeTarget]
+    report: bool  # each stage partition reports what it removed (an erasure's receipt waits for them)
+
+    @property
+    def retracts_crossings(self) -> bool:
+        """Whether the user's crossings are retracted (their crossing state goes)."""
+        return PurgeTarget.PAIRS in self.targets
+
+    def requests(self, partitions: int) -> int:
+        """How many purge requests go out (one per target stage partition): the reports a receipt waits for."""
+        return len(self.targets) * partitions
+
+
+def plan_erasure(reason: str) -> PurgePlan:
+    """An erasure (account deletion, inactivity): every stage forgets the user and reports it."""
+    return PurgePlan(reason, frozenset(PurgeTarget), report=True)
+
+
+def plan_withdrawal(withdrawn: frozenset[Purpose]) -> PurgePlan | None:
+    """What a consent change switching off `withdrawn` purges (None: nothing), without a receipt.
+
+    Crossings withdrawn: the detector's pings and the pair state go, and crossings are retracted.
+    Partner sharing withdrawn: the user leaves the open partner-statistics windows. Connection
+    statistics need no consent (technical data, no personal data attached): only erasure purges them.
+    """
+    targets = set()
+    if Purpose.CROSSINGS in withdrawn:
+        targets |= {PurgeTarget.DETECTOR, PurgeTarget.PAIRS}
+    if Purpose.PARTNER_SHARING in withdrawn:
+        targets.add(PurgeTarget.LOCATIONS)
+    return PurgePlan("consent_withdrawn", frozenset(targets), report=False) if targets else None
+
+
+# Tables (by logical name) where an erasure leaves a tombstone for the user, as the receipt lists them.
+ERASURE_TOMBSTONED_TABLES = ("consent-state", "activity", "pair-last", "location-members", "connection-members",
+                             "receipt-drafts")

@@ -8,7 +8,9 @@ example ``kanon.generalize_cells`` for location, key = base H3 cell and
 member = pseudonym; ``kanon.publish_groups`` for connection statistics,
 key = group tuple).
 
-Watermark = the largest event time seen (or given to ``advance``). A window
+Watermark = event-time progress (geo.clock.EventClock: the largest event time
+seen or, given the upstream sources, the slowest source's), or what ``advance``
+was given if that is later; it never moves back. A window
 [start, end) closes when ``end + lateness_s <= watermark``; an item for a
 window that is closed by that rule is refused as "late", whether or not the
 window was already collected, so a window's content never changes after it
@@ -20,6 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable
 from typing import Any, Literal, NamedTuple
+
+from geo.clock import EventClock
 
 SNAPSHOT_VERSION = 1
 
@@ -80,9 +84,9 @@ class WindowedDistinct:
         self.lateness_s = float(lateness_s)
         self._windows: dict[float, dict[Hashable, set]] = {}
         self._watermark = -math.inf
-        # With sources (upstream partitions), the watermark is the slowest source's max ts, so a
-        # source that lags behind the others makes nothing late.
-        self._source_max: dict[Hashable, float] = {src: -math.inf for src in sources}
+        # With sources (upstream partitions), progress is the slowest source's max ts, so a source
+        # that lags behind the others makes nothing late.
+        self._clock = EventClock(sources)
 
     @property
     def watermark(self) -> float | None:
@@ -91,7 +95,7 @@ class WindowedDistinct:
 
     def source_progress(self) -> dict[Hashable, float]:
         """Each upstream partition's event-time progress as seen here (-inf: nothing from it yet)."""
-        return dict(self._source_max)
+        return self._clock.source_progress()
 
     def open_windows(self) -> list[float]:
         """Start times of the windows currently held, in order."""
@@ -112,12 +116,7 @@ class WindowedDistinct:
             window[key] = {member}
         else:
             members.add(member)
-        if self._source_max:
-            if source in self._source_max and ts > self._source_max[source]:
-                self._source_max[source] = ts
-                self._watermark = max(self._watermark, min(self._source_max.values()))
-        elif ts > self._watermark:
-            self._watermark = ts
+        self._observe(source, ts)
         return "ok"
 
     def advance_source(self, source: Hashable, ts: float) -> None:
@@ -127,11 +126,13 @@ class WindowedDistinct:
         (closed() then returns what it allows). Without sources, the watermark moves to ts.
         """
         _check_ts(ts)
-        if not self._source_max:
-            self._watermark = max(self._watermark, ts)
-        elif source in self._source_max and ts > self._source_max[source]:
-            self._source_max[source] = ts
-            self._watermark = max(self._watermark, min(self._source_max.values()))
+        self._observe(source, ts)  # to the clock, a progress marker is an event of that time
+
+    def _observe(self, source: Hashable | None, ts: float) -> None:
+        clock = self._clock
+        clock.observe(source, ts)
+        if clock.progress > self._watermark:
+            self._watermark = clock.progress
 
     def closed(self) -> list[ClosedWindow]:
         """Remove and return, oldest first, the windows with end + lateness <= watermark."""

@@ -1,7 +1,7 @@
 """The crossing detectors on the simulated city, called as the worker calls them (not run in CI).
 
 The offline bench (bench_crossings_offline.py) times the detector on a sparse 1M-ping city. The
-streaming benches use the dense simulated city (streams.simulator), where each fix meets many live
+streaming benches use the dense simulated city (streams.tools.simulator), where each fix meets many live
 pings. This replays that city's pings, with no Kafka, the way the worker's stages see them:
 
   ingest   `route_many` on --batch pings at a time (one input batch), each routed fix sent to
@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from geo.crossings import CellDetector, CrossingParams, LateFix, PairCooldown, route_many  # noqa: E402
 from schemas.timefmt import parse_ts  # noqa: E402
-from streams.simulator import SimulationParams, simulate_city  # noqa: E402
+from streams.tools.simulator import SimulationParams, simulate_city  # noqa: E402
 
-EVICT_EVERY = 5000  # fixes, as streams.app._detect_columns
+EVICT_EVERY = 5000  # fixes, as streams.stages.detection._detect_columns
 
 
 def city_pings(pings: int, seed: int) -> list[tuple]:

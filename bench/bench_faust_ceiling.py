@@ -6,7 +6,7 @@ the ceiling the framework itself puts on that ratio, with handlers that do nothi
   (a) raw consume    AIOKafkaConsumer, assigned partitions, beginning -> end (bench_ingest.consume)
   (b) faust events   a Faust agent, `async for event in stream.events()`
   (c) faust take     a Faust agent, `stream.take_events(500, within=0.05)` (the worker's old ingest)
-  (d) batch agent    streams.bulk.batch_agent: Faust's consumer hands each fetched partition batch
+  (d) batch agent    streams.plumbing.bulk.batch_agent: Faust's consumer hands each fetched partition batch
                      to one handler call (the worker's ingest now)
   (e) topology       the worker's stages with no work in them (--modes topology): batch agents that only
                      move bytes the way the pipeline must, input -> crossing cells and statistics
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ingest import consume, produce  # noqa: E402
-from streams.partitioner import partitions_for  # noqa: E402
+from streams.plumbing.partitioner import partitions_for  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 MODES = ("events", "take", "batch", "topology", "plain")
@@ -112,7 +112,7 @@ class EmptyStages:
 
 
 async def send_batches(producer, name: str, keys, values, parts) -> None:
-    """Messages as record batches, one per partition (as streams.app._send_many)."""
+    """Messages as record batches, one per partition (as streams.plumbing.outbox.send_many)."""
     batches = {}
     for key, value, q in zip(keys, values, parts):
         batch = batches.get(q)
@@ -130,7 +130,7 @@ async def send_batches(producer, name: str, keys, values, parts) -> None:
 
 def topology(app, source, n: int, per_ping: float, count) -> None:
     """(e): the empty stages as batch agents of one Faust worker."""
-    from streams.bulk import batch_agent
+    from streams.plumbing.bulk import batch_agent
 
     topics = {name: app.topic(f"{source.get_topic_name()}-{name}", partitions=4, key_serializer="raw",
                               value_serializer="raw", internal=True) for name in STAGES}
@@ -204,7 +204,7 @@ def child(mode: str, topic: str, n: int, bootstrap: str, per_ping: float) -> Non
         return
     import faust
 
-    from streams.bulk import batch_agent
+    from streams.plumbing.bulk import batch_agent
 
     app = faust.App(f"ceiling-{mode}-{topic}", broker=f"kafka://{bootstrap}", store="memory://",
                     consumer_auto_offset_reset="earliest", web_enabled=False, stream_buffer_maxsize=16384,

@@ -6,7 +6,7 @@ this one process and interleaved (so the ratios see the same CPU contention):
   (a) raw consume   AIOKafkaConsumer, assigned partitions, beginning -> end offsets;
   (b) ingest path   the same consume loop plus what the worker's ingest agent does per
                     message, without Kafka sends: schemas.events.decode_ping_fast (falling
-                    back to decode('ping', ...)) + the consent gate as streams.app._schedule
+                    back to decode('ping', ...)) + the consent gate as streams.stages.users.UserCache.schedule
                     does it (one cached PurposeSchedule per user and consent record);
   (c) pure CPU      (b)'s per-message work alone, on the pre-fetched (key, value) bytes.
 
@@ -34,7 +34,7 @@ from kafka import KafkaProducer  # noqa: E402
 from anonymizers.consent import Consent, Purpose, PurposeSchedule, allowed_purposes  # noqa: E402
 from schemas.events import Limits, Rejection, decode, decode_ping_fast  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.simulator import SimulationParams, simulate_city  # noqa: E402
+from streams.tools.simulator import SimulationParams, simulate_city  # noqa: E402
 from streams.topics import create_topics  # noqa: E402
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scaleout import INTERNAL, backlog, produce_fast  # noqa: E402
 from bench_streaming import INPUTS, _vm, free_port, group_lag  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from tests.e2e_helpers import wait_group_stable  # noqa: E402
+from tests.e2e.helpers import wait_group_stable  # noqa: E402
 
 
 def _get(port: int, page: str) -> dict:
@@ -46,7 +46,7 @@ def _wait_no_lag(settings: Settings, timeout_s: float) -> float:
 
 
 def main() -> None:
-    from streams.demo import start_worker, stop_worker
+    from streams.tools.demo import start_worker, stop_worker
     from streams.topics import create_topics
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import consume  # noqa: E402
 from bench_streaming import INPUTS, _proc_cpu_s, _vm, free_port, group_lag  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from tests.e2e_helpers import wait_group_stable  # noqa: E402
+from tests.e2e.helpers import wait_group_stable  # noqa: E402
 
 INTERNAL = ["crossing-cells", "crossing-pairs", "stats-cells", "stats-connections"]
 
 
 def backlog(pings: int, seed: int) -> list[tuple[str, bytes, bytes]]:
     """The simulated city's messages, as bench_streaming produces them, kept in memory."""
-    from streams.simulator import SimulationParams, simulate_city
+    from streams.tools.simulator import SimulationParams, simulate_city
 
     hours = 2.0
     users = max(2, -(-pings // 100) + 2)
@@ -57,7 +57,7 @@ async def produce_fast(settings: Settings, messages: list) -> None:
     workers need for as long as the drain lasts)."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.partitioner import partitions_for
+    from streams.plumbing.partitioner import partitions_for
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=0,
                                 max_batch_size=1024 * 1024, client_id="bench-scaleout")
@@ -84,7 +84,7 @@ async def produce_fast(settings: Settings, messages: list) -> None:
 
 
 def run(n_workers: int, messages: list, args, tag: str) -> dict:
-    from streams.demo import start_worker, stop_worker
+    from streams.tools.demo import start_worker, stop_worker
     from streams.topics import create_topics
 
     base = Settings(topic_prefix=f"bench-scale-{tag}.", app_id=f"bench-scale-{tag}", partitions=args.partitions)

@@ -2,12 +2,12 @@
 
 core   WindowedDistinct.add + closed() + generalize_cells over pre-generated pings (no I/O).
 kafka  (issue 4) the same pings as stats-cells messages ({"ts", "cell", "m", "src"}, keyed by the coarse
-       res-5 cell, as streams.app._forward_ping sends them) produced to a fresh topic, then read back in
+       res-5 cell, as streams.stages.ingest sends them) produced to a fresh topic, then read back in
        this one process, interleaved over --repeat rounds:
          (a) raw AIOKafkaConsumer consume, beginning -> end (bench_ingest.consume);
          (b) the same loop + json.loads + per-partition WindowedDistinct.add(source=src partition)
              + closed() after every message + generalize_cells per closed window (flush at the end),
-             i.e. streams.app's aggregate_locations minus Faust (no changelog tables, no sends).
+             i.e. streams.stages.statistics.aggregate_locations minus Faust (no changelog tables, no sends).
        Prints pings/s of both, the ratio (b)/(a) and the state bytes per open window.
 
 Usage (own broker, see bench/RESULTS.md):
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, data) -> dict:
 
 # --------------------------------------------------------------------------- Kafka (issue 4)
 def stats_cells_messages(ts, cells, members, partitions: int):
-    """(key, value) stats-cells messages as streams.app._forward_ping builds them, in ping order."""
+    """(key, value) stats-cells messages as streams.stages.ingest._ingest_ping builds them, in ping order."""
     coarse: dict[str, bytes] = {}
     offsets = [0] * partitions
     out = []

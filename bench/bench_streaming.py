@@ -2,7 +2,7 @@
 
 Phases, all in one run against one broker (fresh topics and app id per run):
 
-  (a) backlog    produce a simulated city (streams.simulator, malformed_share=0) of about
+  (a) backlog    produce a simulated city (streams.tools.simulator, malformed_share=0) of about
                  --pings geo-pings BEFORE the worker starts; measure the raw aiokafka consume
                  rate of geo-pings (same process, same run); start `crosspaths worker` and time
                  until its counters show every message received, then until the consumer group
@@ -156,7 +156,7 @@ def pct(values, q: float) -> float:
 def produce_backlog(settings: Settings, pings: int, seed: int) -> dict[str, int]:
     from kafka import KafkaProducer
 
-    from streams.simulator import SimulationParams, simulate_city
+    from streams.tools.simulator import SimulationParams, simulate_city
 
     hours = 2.0
     users = max(2, -(-pings // 100) + 2)  # ~115 pings per user over 2 h; the tail is cut in event time
@@ -176,8 +176,8 @@ def produce_backlog(settings: Settings, pings: int, seed: int) -> dict[str, int]
 
 
 def run_backlog(settings: Settings, args, port: int, log: Path, out: dict):
-    from streams.demo import start_worker
-    from streams.report import read_counters
+    from streams.tools.demo import start_worker
+    from streams.tools.report import read_counters
 
     t0 = time.perf_counter()
     produced = produce_backlog(settings, args.pings, args.seed)
@@ -490,7 +490,7 @@ def main() -> None:
     args = ap.parse_args()
     args.grid_base = 0
 
-    from streams.demo import start_worker, stop_worker
+    from streams.tools.demo import start_worker, stop_worker
     from streams.topics import create_topics
 
     run = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -109,12 +109,9 @@ def remember(points: Sequence[ResumePoint], point: ResumePoint, keep: int) -> li
 
 def progress_of(detector: CellDetector) -> tuple[tuple[Hashable, float], ...]:
     """The detector's watermark inputs: each source's max event time (or (None, max ts seen) without sources)."""
-    progress = detector.source_progress()
-    return tuple(progress.items()) if progress else ((None, detector.max_ts),)
+    return detector.clock.snapshot()
 
 
 def restore_progress(detector: CellDetector, progress: Iterable[tuple[Hashable, float]]) -> None:
     """Bring a new detector's watermark inputs to `progress` (from progress_of)."""
-    for source, ts in progress:
-        if math.isfinite(ts):
-            detector.advance(source, ts)
+    detector.clock.restore(progress)

@@ -36,7 +36,7 @@ def broker() -> None:
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker.")
 def broker_start(timeout: float) -> None:
     """Fetch the jars once, format storage once, start the broker; return when it answers."""
-    from streams import broker as b
+    from streams.tools import broker as b
 
     try:
         click.echo(b.start(_settings(), timeout_s=timeout))
@@ -47,7 +47,7 @@ def broker_start(timeout: float) -> None:
 @broker.command("stop")
 def broker_stop() -> None:
     """Stop the local broker."""
-    from streams import broker as b
+    from streams.tools import broker as b
 
     click.echo(b.stop(_settings()))
 
@@ -55,7 +55,7 @@ def broker_stop() -> None:
 @broker.command("status")
 def broker_status() -> None:
     """Whether the configured cluster answers (exit 1 if not)."""
-    from streams import broker as b
+    from streams.tools import broker as b
 
     ok, line = b.status(_settings())
     click.echo(line)
@@ -65,7 +65,7 @@ def broker_status() -> None:
 @broker.command("reset")
 def broker_reset() -> None:
     """Stop the local broker and delete its data (the jar cache stays)."""
-    from streams import broker as b
+    from streams.tools import broker as b
 
     click.echo(b.reset(_settings()))
 
@@ -107,11 +107,9 @@ def worker(web_port: int | None, loglevel: str) -> None:
     if web_port is not None:
         os.environ["CROSSPATHS_WEB_PORT"] = str(web_port)
         get_settings.cache_clear()
-    import faust
+    from streams.worker import run
 
-    from streams.app import app
-
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    run(loglevel)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -133,7 +131,7 @@ def _simulate(settings: Settings, users: int, hours: float, seed: int, malformed
     from tqdm import tqdm
 
     from schemas.timefmt import parse_ts
-    from streams.simulator import SimulationParams, simulate_city
+    from streams.tools.simulator import SimulationParams, simulate_city
 
     t0 = parse_ts(start) if start else (int(time.time()) // 60) * 60 - hours * 3600
     params = SimulationParams(users=users, hours=hours, seed=seed, malformed_share=malformed_share, start=t0)
@@ -160,7 +158,7 @@ def stats() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats_counters(as_json: bool) -> None:
     """Ingest counters per input topic (all workers), and whether they reconcile."""
-    from streams.report import format_counters, read_counters
+    from streams.tools.report import format_counters, read_counters
 
     counters = read_counters(_settings())
     if as_json:
@@ -172,7 +170,7 @@ def stats_counters(as_json: bool) -> None:
 @stats.command("dead-letters")
 def stats_dead_letters() -> None:
     """Dead letters per source topic and reason."""
-    from streams.report import dead_letter_reasons
+    from streams.tools.report import dead_letter_reasons
 
     for (topic, reason), n in sorted(dead_letter_reasons(_settings()).items()):
         click.echo(f"{topic:<18} {reason:<24} {n}")
@@ -188,7 +186,7 @@ def stats_export(topic: str, fmt: str, output: Path | None, since: str | None, u
     """Export published statistics for pandas (one row per window and cell or group)."""
     import pandas as pd
 
-    from streams.report import read_statistics
+    from streams.tools.report import read_statistics
 
     frame = read_statistics(_settings(), topic)
     if not frame.empty:
@@ -219,8 +217,8 @@ def stats_map(window: str | None, output: Path) -> None:
     """Render a PNG heatmap of one window's published partner-statistics cells."""
     import pandas as pd
 
-    from streams.maps import render_cells
-    from streams.report import read_statistics
+    from streams.tools.maps import render_cells
+    from streams.tools.report import read_statistics
 
     frame = read_statistics(_settings(), "partner-statistics")
     if frame.empty:
@@ -242,7 +240,7 @@ def crossings() -> None:
 @click.argument("user_id")
 def crossings_show(user_id: str) -> None:
     """A user's current crossings, as the crossing-profile feature shows them (retractions applied)."""
-    from streams.report import current_crossings, read_crossings
+    from streams.tools.report import current_crossings, read_crossings
 
     shown = current_crossings(read_crossings(_settings())).get(user_id, {})
     if not shown:
@@ -253,16 +251,19 @@ def crossings_show(user_id: str) -> None:
 
 
 @crossings.command("verify")
-def crossings_verify() -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
+def crossings_verify(quiet: bool) -> None:
     """Recompute the run's crossing pairs with the batch detector and compare; exit 1 if they differ.
 
     Reads crossing-cells (the pings the worker accepted for crossings) and crossings from the start,
     so it checks what those topics still retain.
     """
-    from streams.report import check_crossings, format_crossing_check
+    from streams.tools.offline import ProgressBars
+    from streams.tools.report import check_crossings, format_crossing_check
 
     started = time.perf_counter()
-    check = check_crossings(_settings())
+    with ProgressBars(quiet=quiet) as bars:
+        check = check_crossings(_settings(), progress=bars)
     click.echo(format_crossing_check(check) + f"  ({time.perf_counter() - started:.1f} s)")
     sys.exit(0 if check.identical else 1)
 
@@ -271,22 +272,46 @@ def crossings_verify() -> None:
 @click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path), required=True,
               help="Pings as .csv or .parquet with columns user_id, ts, lat, lon[, accuracy_m].")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="Crossings CSV.")
+@click.option("--rejects", "rejects_path", type=click.Path(path_type=Path), default=None,
+              help="CSV of the rows the stream would refuse: row (1 = first data row), field, value, reason, "
+                   "message. Default: <output stem>.rejects.csv beside the output.")
 @click.option("--distance-m", type=float, default=None, help="D (default from settings: 250).")
 @click.option("--window-s", type=float, default=None, help="T (default from settings: 300).")
 @click.option("--zones", type=click.Path(exists=True, path_type=Path), default=None, help="Sensitive zones GeoJSON.")
-def crossings_detect(input_path: Path, output: Path, distance_m: float | None, window_s: float | None,
-                     zones: Path | None) -> None:
-    """Run the crossing detector on a file (backfills, audits): one output row per reported crossing."""
-    from geo.crossings import detect_crossings_file
+@click.option("--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
+def crossings_detect(input_path: Path, output: Path, rejects_path: Path | None, distance_m: float | None,
+                     window_s: float | None, zones: Path | None, quiet: bool) -> None:
+    """Run the crossing detector on a file (backfills, audits): one output row per reported crossing.
+
+    Each row is checked as the stream checks a ping; refused rows go to the rejects file, the others
+    are processed.
+    """
     from geo.zones import SensitiveZones
+    from streams.tools.offline import ProgressBars, UnusableFile, detect_crossings_file
 
     s = _settings()
-    params = s.crossing_params(distance_m=distance_m or s.crossing_distance_m, window_s=window_s or s.crossing_window_s)
-    zone_path = zones or s.zones_path
+    overrides = {}
+    if distance_m is not None:
+        # Partition cells are the stream's; offline, a D above their default side is no contradiction.
+        overrides.update(distance_m=distance_m, partition_cell_m=max(s.crossing_params().partition_cell_m, distance_m))
+    if window_s is not None:
+        overrides.update(window_s=window_s)
+    try:
+        params = s.crossing_params(**overrides)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    zone_path = s.zones_path if zones is None else zones
+    try:
+        zone_set = None if zone_path is None else SensitiveZones.from_geojson(zone_path)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"zones {zone_path}: {exc}") from None
     started = time.perf_counter()
-    n = detect_crossings_file(input_path, output, params,
-                              SensitiveZones.from_geojson(zone_path) if zone_path else None)
-    click.echo(f"wrote {n} crossings to {output} in {time.perf_counter() - started:.1f} s")
+    try:
+        with ProgressBars(quiet) as bars:
+            run = detect_crossings_file(input_path, output, params, zone_set, rejects_path, progress=bars)
+    except (UnusableFile, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{run.summary(output)} in {time.perf_counter() - started:.1f} s")
 
 
 # --------------------------------------------------------------------------- audit
@@ -301,7 +326,7 @@ def audit() -> None:
               "to also check its memory; repeat for each worker.")
 def audit_user_cmd(user_id: str, workers: tuple[str, ...]) -> None:
     """Find every trace of USER_ID in topics, table changelogs and workers; exit 0 when state holds none."""
-    from streams.audit import audit_user, format_report
+    from streams.tools.audit import audit_user, format_report
 
     report = audit_user(_settings(), user_id, workers)
     click.echo(format_report(report))
@@ -344,8 +369,8 @@ def schemas_export(check: bool, directory: Path | None) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the worker.")
 def demo(users: int, hours: float, seed: int, timeout: float) -> None:
     """The main job: broker, topics, worker, a simulated city, then a summary of what came out."""
-    from streams import broker as b
-    from streams.demo import run_demo
+    from streams.tools import broker as b
+    from streams.tools.demo import run_demo
 
     settings = _settings()
     try:

@@ -8,6 +8,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from geo.crossings import CrossingParams
+
+_CROSSING = CrossingParams()  # the crossing defaults are declared there, once
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crosspaths"
@@ -38,12 +42,12 @@ class Settings(BaseSettings):
     consent_max_age_months: int = Field(13, ge=1, le=13)
 
     # Crossings
-    crossing_distance_m: float = 250.0
-    crossing_window_s: float = 300.0
-    crossing_max_accuracy_m: float = 100.0
-    crossing_cooldown_s: float = 3600.0
-    crossing_lateness_s: float = 120.0
-    crossing_place_resolution: int = 8
+    crossing_distance_m: float = _CROSSING.distance_m
+    crossing_window_s: float = _CROSSING.window_s
+    crossing_max_accuracy_m: float = _CROSSING.max_accuracy_m
+    crossing_cooldown_s: float = _CROSSING.cooldown_s
+    crossing_lateness_s: float = _CROSSING.lateness_s
+    crossing_place_resolution: int = _CROSSING.place_resolution
     zones_path: Path | None = None
 
     # Statistics
@@ -66,10 +70,8 @@ class Settings(BaseSettings):
     inactivity_days: int = 3 * 365
     inactivity_grace_days: int = 30
 
-    def crossing_params(self, **overrides):
+    def crossing_params(self, **overrides) -> CrossingParams:
         """The crossing rules of these settings as geo.crossings.CrossingParams (fields overridable)."""
-        from geo.crossings import CrossingParams
-
         return CrossingParams(**{
             "distance_m": self.crossing_distance_m, "window_s": self.crossing_window_s,
             "max_accuracy_m": self.crossing_max_accuracy_m, "cooldown_s": self.crossing_cooldown_s,

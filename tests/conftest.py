@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from streams import broker
+from streams.tools import broker
 from streams.settings import Settings
 
 TEST_BROKER_PORT = int(os.environ.get("CROSSPATHS_TEST_BROKER_PORT", "19092"))

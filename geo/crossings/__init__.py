@@ -1,0 +1,50 @@
+"""Space-time crossings between users: batch detection, streaming detection, cooldown.
+
+| module | what |
+|---|---|
+| `model` | `CrossingParams` (the defaults), `Fix`, `Crossing`, keys, bands, and the shared rules: the exact test, zones, `is_usable` (accuracy), `cooldown_over` |
+| `search` | `detect_crossings`, `detect_pairs`: a frame of pings at once (grid search) |
+| `routing` | `route`, `route_many`: the partition keys of a fix in the stream |
+| `detector` | `CellDetector`: streaming detection at one partition key |
+| `cooldown` | `PairCooldown`: one report per pair per cooldown, in arrival order |
+
+Both forms apply model's rules, so they agree with geo.oracle.brute_force_pairs bit for bit.
+"""
+
+from geo.crossings.cooldown import PairCooldown
+from geo.crossings.detector import CellDetector
+from geo.crossings.model import (Crossing, CrossingParams, Fix, LateFix, ParticipantView, cooldown_over,
+                                 distance_band, distance_bands, is_usable, pair_key, place_of, split_pair_key)
+from geo.crossings.routing import Routes, route, route_many
+
+
+def __getattr__(name: str):
+    # The batch search needs pandas (~0.3 s to import): loaded on first use, so the worker's and
+    # the CLI's settings, which read CrossingParams' defaults, do not pay for it.
+    if name in ("detect_crossings", "detect_pairs"):
+        from geo.crossings import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module 'geo.crossings' has no attribute {name!r}")
+
+__all__ = [
+    "CrossingParams",
+    "Fix",
+    "Crossing",
+    "ParticipantView",
+    "LateFix",
+    "distance_band",
+    "distance_bands",
+    "place_of",
+    "is_usable",
+    "cooldown_over",
+    "detect_crossings",
+    "detect_pairs",
+    "route",
+    "route_many",
+    "Routes",
+    "CellDetector",
+    "PairCooldown",
+    "pair_key",
+    "split_pair_key",
+]

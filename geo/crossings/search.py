@@ -1,0 +1,343 @@
+"""Batch crossing detection: every crossing of a frame of pings, by a grid search, then the cooldown.
+
+Pings are put in latitude bands at least D high, each cut into >= 3 longitude cells at least as wide
+as any within-D pair touching the band needs (or one whole-ring cell near the poles); each ping
+looks at its own cell (later pings only), the next cell east and three cells of the band above,
+within a time window. The final test is always model._match, shared with the streaming detector;
+geo.oracle.brute_force_pairs holds both to the definition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import h3
+import numpy as np
+import pandas as pd
+
+from geo.crossings.model import (_DEG, _MARGIN, CrossingParams, _expand, _match, _outside_zones, cooldown_end,
+                                 distance_bands, is_usable)
+from geo.distance import EARTH_RADIUS_M, cos_lat, midpoint
+from geo.zones import SensitiveZones
+from schemas.timefmt import parse_ts_column
+
+Progress = Callable[[int, int], None]  # (pings searched so far, pings in all), after each chunk of the search
+
+
+def _validate_coords(lat, lon, ts) -> None:
+    lat, lon, ts = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float), np.asarray(ts, dtype=float)
+    for name, arr, lo, hi in (("lat", lat, -90.0, 90.0), ("lon", lon, -180.0, 180.0)):
+        bad = ~((arr >= lo) & (arr <= hi))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name}={float(arr.flat[i])!r} (row {i}) is outside [{lo:g}, {hi:g}]")
+    bad = ~np.isfinite(ts)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"ts={float(ts.flat[i])!r} (row {i}) is not a finite epoch-seconds value")
+
+
+
+# --------------------------------------------------------------------------- grid
+
+
+class _BatchGrid:
+    """Latitude bands of height >= D, each cut into >= 3 lon cells at least D wide (or 1 whole ring)."""
+
+    def __init__(self, distance_m: float):
+        self.delta = distance_m / EARTH_RADIUS_M  # central angle, radians
+        self.h_deg = math.degrees(self.delta) * (1 + _MARGIN) + 1e-12
+        self.nbands = int(180.0 / self.h_deg) + 1
+        self.nmax = int(360.0 / math.degrees(2 * math.asin(math.sin(self.delta / 2)))) + 2
+
+    def band(self, lat: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((lat + 90.0) / self.h_deg), 0, self.nbands - 1).astype(np.int64)
+
+    def n_lon(self, band: np.ndarray) -> np.ndarray:
+        """Number of lon cells of each band (1 or >= 3), wide enough for pairs touching bands b-1..b+1."""
+        lat_lo = -90.0 + (band - 1) * self.h_deg
+        lat_hi = -90.0 + (band + 2) * self.h_deg
+        worst = np.minimum(np.maximum(np.abs(lat_lo), np.abs(lat_hi)), 90.0)
+        c = np.cos(worst * _DEG)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = math.sin(self.delta / 2) / c
+            width = np.degrees(2 * np.arcsin(np.minimum(ratio, 1.0))) * (1 + _MARGIN) + 1e-12
+            n = np.where((c > 0) & (ratio < 1.0), np.floor(360.0 / width), 1).astype(np.int64)
+        return np.where(n >= 3, np.minimum(n, self.nmax - 1), 1)
+
+    @staticmethod
+    def lon_cell(lon: np.ndarray, n: np.ndarray) -> np.ndarray:
+        return _BatchGrid.x_cell(np.mod(lon + 180.0, 360.0), n)
+
+    @staticmethod
+    def x_cell(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """lon_cell of x = (lon + 180) mod 360, in [0, 360): monotone in x."""
+        return np.minimum(np.floor(x * n / 360.0).astype(np.int64), n - 1)
+
+
+# --------------------------------------------------------------------------- batch
+
+
+@dataclass(frozen=True)
+class _Pings:
+    """Usable pings as arrays; user codes index the sorted names."""
+
+    ts: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    user: np.ndarray  # int64 codes, code order == user id order
+    names: np.ndarray  # object array of user ids, sorted
+
+
+def _prepare(fixes: pd.DataFrame, params: CrossingParams, zones: SensitiveZones | None) -> _Pings:
+    """Validated, usable, zone-free pings of a frame with columns user_id, ts, lat, lon[, accuracy_m]."""
+    missing = {"user_id", "ts", "lat", "lon"} - set(fixes.columns)
+    if missing:
+        raise ValueError(f"fixes columns={sorted(fixes.columns)!r} lack {sorted(missing)!r}")
+    ts = fixes["ts"]
+    ts = parse_ts_column(ts) if pd.api.types.is_datetime64_any_dtype(ts) else np.asarray(ts, dtype=np.float64)
+    lat = np.asarray(fixes["lat"], dtype=np.float64)
+    lon = np.asarray(fixes["lon"], dtype=np.float64)
+    _validate_coords(lat, lon, ts)
+    keep = np.ones(len(ts), dtype=bool)
+    if "accuracy_m" in fixes.columns:
+        keep &= is_usable(pd.to_numeric(fixes["accuracy_m"], errors="coerce"), params)
+    if zones:
+        keep &= ~zones.contains(lat, lon)
+    uid = fixes["user_id"]
+    if not (pd.api.types.is_string_dtype(uid) or pd.api.types.is_object_dtype(uid)):
+        uid = uid.astype(str)
+    codes, names = pd.factorize(uid, sort=True)
+    if (codes < 0).any():
+        raise ValueError(f"user_id is missing in row {int(np.flatnonzero(codes < 0)[0])}")
+    names = np.asarray(names, dtype=object)
+    if not keep.all():
+        ts, lat, lon, codes = ts[keep], lat[keep], lon[keep], codes[keep]
+    return _Pings(np.ascontiguousarray(ts), lat, lon, codes.astype(np.int64), names)
+
+
+class _CellTimeIndex:
+    """Pings sorted by (grid cell, time) with O(1) or O(log n) lookup of a cell's pings in a time window."""
+
+    def __init__(self, cell: np.ndarray, n_cells: int, ts: np.ndarray, window: float, force_search: bool = False):
+        n = len(ts)
+        order_t = np.argsort(ts, kind="stable")
+        self.sorted_ts = ts[order_t]
+        trank = np.empty(n, dtype=np.int64)
+        trank[order_t] = np.arange(n, dtype=np.int64)  # position in time order, unique per ping
+        M = np.int64(n + 1)
+        self.order = np.argsort(cell * M + trank)  # cell < number of cells, so no overflow (checked by caller)
+        self.cell = cell[self.order]
+        self.trank = trank[self.order]
+        self.n = n
+        span = float(self.sorted_ts[-1] - self.sorted_ts[0])
+        n_slabs = int(span / window) + 3 if window > 0 and span / window < 2**40 else 2**62
+        self.table = not force_search and n_cells * n_slabs <= 8 * n + (1 << 20)
+        if self.table:
+            # Time slabs of length `window`: a window around slab s lies in slabs s-1..s+1, and the
+            # pings of one cell over three consecutive slabs are contiguous in (cell, time) order.
+            self.n_slabs = n_slabs
+            self.slab = np.floor((ts[self.order] - self.sorted_ts[0]) / window).astype(np.int64) + 1
+            counts = np.bincount(self.cell * n_slabs + self.slab, minlength=n_cells * n_slabs)
+            self.offsets = np.zeros(len(counts) + 1, dtype=np.int32 if n < 2**31 else np.int64)
+            np.cumsum(counts, out=self.offsets[1:])
+        else:
+            self.M = M
+            self.skeys = self.cell * M + self.trank
+            self.t_lo = np.searchsorted(self.sorted_ts, self.sorted_ts - window, side="left")[self.trank]
+            self.t_hi = np.searchsorted(self.sorted_ts, self.sorted_ts + window, side="right")[self.trank]
+
+    def forward_same_cell(self, src: np.ndarray):
+        """For sorted positions src: [lo, hi) of later pings of the same cell within the window (superset)."""
+        if self.table:
+            hi = self.offsets[self.cell[src] * self.n_slabs + self.slab[src] + 2]
+        else:
+            hi = np.searchsorted(self.skeys, self.cell[src] * self.M + self.t_hi[src])
+        return src + 1, hi
+
+    def in_cell(self, src: np.ndarray, cells: np.ndarray):
+        """For sorted positions src: [lo, hi) of pings of `cells` (-1 = none) within the window (superset)."""
+        valid = cells >= 0
+        if self.table:
+            b = np.where(valid, cells, 0) * self.n_slabs + self.slab[src]
+            lo, hi = self.offsets[b - 1], self.offsets[b + 2]
+        else:
+            base = cells * self.M
+            lo = np.searchsorted(self.skeys, base + self.t_lo[src])
+            hi = np.searchsorted(self.skeys, base + self.t_hi[src])
+        return lo, np.where(valid, hi, lo)
+
+
+def _matching_pairs(pings: _Pings, params: CrossingParams, chunk: int = 1 << 17, force_search: bool = False,
+                    progress: Progress | None = None):
+    """All matching ping pairs (i, j, distance) of prepared pings, each unordered pair once."""
+    n = len(pings.ts)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+    if n < 2:
+        return empty
+    lat, lon, ts, users = pings.lat, pings.lon, pings.ts, pings.user
+
+    grid = _BatchGrid(params.distance_m)
+    band = grid.band(lat)
+    b_min, b_max = int(band.min()), int(band.max())
+    nl_table = grid.n_lon(np.arange(b_min, b_max + 2, dtype=np.int64))  # one entry per band (+ the one above)
+    nl = nl_table[band - b_min]
+    k = grid.lon_cell(lon, nl)
+    # Per-band lon offsets keep the numbering compact (bands have slightly different cell counts).
+    # The extent is taken on x = (lon + 180) mod 360, where cells are monotone (lon 180 is lon -180,
+    # cell 0: taking lon.max() as the eastern end once gave a negative width).
+    x = np.mod(lon + 180.0, 360.0)
+    k_first = grid.x_cell(np.full(len(nl_table), x.min()), nl_table)
+    kw = int((grid.x_cell(np.full(len(nl_table), x.max()), nl_table) - k_first).max()) + 1
+    if (b_max - b_min + 1) * kw * (n + 1) < 2**62:
+        n_cells = (b_max - b_min + 1) * kw
+
+        def number(b, kk):
+            rel = kk - k_first[np.minimum(b, b_max + 1) - b_min]
+            ok = (b <= b_max) & (rel >= 0) & (rel < kw)
+            return np.where(ok, (b - b_min) * kw + rel, -1)
+
+    else:
+        # Very wide extents: number the occupied cells densely instead.
+        uniq = np.unique(band * grid.nmax + k)
+        n_cells = len(uniq)
+
+        def number(b, kk):
+            c = b * grid.nmax + kk
+            pos = np.minimum(np.searchsorted(uniq, c), len(uniq) - 1)
+            return np.where(uniq[pos] == c, pos, -1)
+
+    w = params.window_s * (1 + _MARGIN) + 1e-9 * max(1.0, float(np.abs(ts).max())) + 1e-6
+    index = _CellTimeIndex(number(band, k), n_cells, ts, w, force_search)
+    order = index.order
+    lat_s, lon_s, ts_s, u_s = lat[order], lon[order], ts[order], users[order]
+    cos_s = cos_lat(lat_s)
+    band_s, k_s, nl_s = band[order], k[order], nl[order]
+    up = band_s + 1
+    nl_up = nl_table[up - b_min]
+    k_up = grid.lon_cell(lon_s, nl_up)
+    max_dlat = math.degrees(grid.delta) * (1 + _MARGIN) + 1e-9
+
+    out_i, out_j, out_d = [], [], []
+    for start in range(0, n, chunk):
+        src = np.arange(start, min(n, start + chunk), dtype=np.int64)
+        # same cell, later in (cell, time) order only
+        parts = [(src, *index.forward_same_cell(src))]
+        # next lon cell of the same band (only when the band has >= 3 cells)
+        s2 = src[nl_s[src] >= 3]
+        if s2.size:
+            parts.append((s2, *index.in_cell(s2, number(band_s[s2], (k_s[s2] + 1) % nl_s[s2]))))
+        # the band above: cells k'-1, k', k'+1 (or the single ring cell)
+        s3 = src[up[src] < grid.nbands]
+        for off in (-1, 0, 1):
+            s4 = s3 if off == 0 else s3[nl_up[s3] >= 3]
+            if s4.size:
+                parts.append((s4, *index.in_cell(s4, number(up[s4], (k_up[s4] + off) % nl_up[s4]))))
+        ci, cj = zip(*(_expand(*p) for p in parts))
+        ci, cj = np.concatenate(ci), np.concatenate(cj)
+        # cheap necessary conditions first, then the exact shared test
+        pre = (u_s[ci] != u_s[cj]) & (np.abs(ts_s[ci] - ts_s[cj]) <= w) & (np.abs(lat_s[ci] - lat_s[cj]) <= max_dlat)
+        ci, cj = ci[pre], cj[pre]
+        mask, d = _match(ts_s[ci], lat_s[ci], lon_s[ci], cos_s[ci], u_s[ci], ts_s[cj], lat_s[cj], lon_s[cj], cos_s[cj], u_s[cj], params)
+        out_i.append(order[ci[mask]])
+        out_j.append(order[cj[mask]])
+        out_d.append(d[mask])
+        if progress is not None:
+            progress(int(src[-1]) + 1, n)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
+def _apply_cooldown(pair: np.ndarray, ts: np.ndarray, tie: np.ndarray, cooldown_s: float) -> np.ndarray:
+    """Indices of the crossings reported under a per-pair cooldown, in event-time order."""
+    n = len(pair)
+    if n == 0:
+        return np.empty(0, np.int64)
+    _, inv, counts = np.unique(pair, return_inverse=True, return_counts=True)
+    single = counts[inv] == 1
+    out = [np.flatnonzero(single)]
+    multi = np.flatnonzero(~single)
+    if multi.size:
+        order = multi[np.lexsort((tie[multi], ts[multi], inv[multi]))]
+        p, t = inv[order].astype(np.int64), ts[order]
+        m = len(order)
+        sorted_t = np.sort(t)
+        M = np.int64(m + 1)
+        keys = p * M + np.searchsorted(sorted_t, t, side="left")
+        # The pair's next report: its first match at or after the cooldown's end (side="left": ts >= end,
+        # model.cooldown_over's rule; ranks in sorted_t keep that order exactly).
+        nxt = np.searchsorted(keys, p * M + np.searchsorted(sorted_t, cooldown_end(t, cooldown_s), side="left"))
+        nxt = np.maximum(nxt, np.arange(1, m + 1))
+        reported = np.zeros(m, dtype=bool)
+        frontier = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+        while frontier.size:
+            reported[frontier] = True
+            nx = nxt[frontier]
+            ok = nx < m
+            nx, cur = nx[ok], frontier[ok]
+            frontier = nx[p[nx] == p[cur]]
+        out.append(order[reported])
+    return np.concatenate(out)
+
+
+def _places(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
+    """H3 cells (strings) of many points."""
+    from h3.api import basic_int
+
+    cells = np.fromiter(map(basic_int.latlng_to_cell, lat.tolist(), lon.tolist(), [resolution] * len(lat)), dtype=np.uint64, count=len(lat))
+    uniq, inv = np.unique(cells, return_inverse=True)
+    return np.asarray([h3.int_to_str(int(c)) for c in uniq], dtype=object)[inv.reshape(-1)]
+
+
+def detect_crossings(
+    fixes: pd.DataFrame, params: CrossingParams = CrossingParams(), zones: SensitiveZones | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Reported crossings (user_a, user_b, ts, place, distance_band) of a frame of pings, after cooldown.
+
+    `progress(searched, total)`, if given, is called as the search goes through the usable pings.
+    """
+    pings = _prepare(fixes, params, zones)
+    i, j, d = _matching_pairs(pings, params, progress=progress)
+    if zones and i.size:
+        _, _, ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)
+        i, j, d = i[ok], j[ok], d[ok]
+    ui, uj = pings.user[i], pings.user[j]
+    a, b = np.minimum(ui, uj), np.maximum(ui, uj)
+    cts = np.maximum(pings.ts[i], pings.ts[j])
+    sel = _apply_cooldown(a * len(pings.names) + b, cts, d, params.cooldown_s)
+    sel = sel[np.lexsort((b[sel], a[sel], cts[sel]))]
+    i, j = i[sel], j[sel]
+    mlat, mlon = midpoint(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j])
+    return pd.DataFrame(
+        {
+            "user_a": pings.names[a[sel]],
+            "user_b": pings.names[b[sel]],
+            "ts": cts[sel],
+            "place": _places(np.atleast_1d(mlat), np.atleast_1d(mlon), params.place_resolution),
+            "distance_band": distance_bands(d[sel], params),
+        }
+    )
+
+
+def detect_pairs(
+    fixes: pd.DataFrame, params: CrossingParams = CrossingParams(), zones: SensitiveZones | None = None,
+    progress: Progress | None = None,
+) -> set[tuple[str, str]]:
+    """The distinct (user_a, user_b) pairs, a < b, that detect_crossings reports at least once.
+
+    A pair's first crossing is always reported, so the cooldown cannot change this set; skipping it
+    (and the places) makes audits of a dense day several times faster.
+    """
+    pings = _prepare(fixes, params, zones)
+    i, j, _ = _matching_pairs(pings, params, progress=progress)
+    if zones and i.size:
+        ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)[2]
+        i, j = i[ok], j[ok]
+    ui, uj = pings.user[i], pings.user[j]
+    codes = np.unique(np.minimum(ui, uj) * np.int64(len(pings.names)) + np.maximum(ui, uj))
+    a, b = np.divmod(codes, np.int64(len(pings.names)))
+    return set(zip(pings.names[a].tolist(), pings.names[b].tolist()))
+
+

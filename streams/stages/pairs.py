@@ -1,0 +1,178 @@
+"""Pairs: each crossing reported once per cooldown, one record per participant; retractions.
+
+Consumes crossing-pairs (candidate crossings by pair key, purge requests). Asks the core:
+geo.crossings.PairCooldown (report a pair at most once per cooldown, who met whom for
+retractions) and anonymizers.consent.WithdrawalGuards (drop candidates computed before a
+withdrawal). Emits crossing records and retractions to `crossings` (keyed by participant),
+and keeps both rules' state in changelogged tables (pair-last, pair-guard).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from anonymizers.consent import WithdrawalGuards
+from anonymizers.retention import DAY_S, erasure_tag
+from geo.crossings import PairCooldown, pair_key, split_pair_key
+from schemas.outputs import CrossingRecord, crossing_bytes
+from schemas.timefmt import format_ts
+from streams.app import app, crossing_pairs, crossings, guard_table, pair_table, settings
+from streams.plumbing.bulk import batch_agent
+from streams.plumbing.deadletters import each_record
+from streams.plumbing.outbox import partition_counts, send_many
+from streams.plumbing.partitioner import partitions_for
+from streams.plumbing.partitions import PartitionStates
+from streams.plumbing.rebalance import ownership
+from streams.plumbing.tables import changelog_entry
+from streams.rules import rules
+from streams.stages.erasure import report_purge
+from streams.stages.users import users
+from streams.topics import crossings_lifetime_s
+
+# Who met whom is kept while `crossings` can still hold their records (tombstones included).
+PAIR_MEMORY_S = crossings_lifetime_s(settings)
+# A candidate predating a withdrawal is computed from pings in crossing-cells, kept for the raw
+# retention at most (a detector may re-read them after a restart): its guard is needed that long.
+GUARD_MEMORY_S = settings.raw_retention_hours * 3600.0 + DAY_S
+
+
+@dataclass
+class PairPartition:
+    """Everything one crossing-pairs partition holds on this worker, rebuilt from its tables."""
+
+    cooldown: PairCooldown
+    guards: WithdrawalGuards
+
+    @classmethod
+    def restore(cls, p: int) -> "PairPartition":
+        prefix, now = f"{p}|", time.time()
+        # Pair-table values are [last ts, reported at]; a bare ts (written before reported_at was
+        # kept) counts as reported now, so that it is forgotten one crossings lifetime from now.
+        pairs = [[*split_pair_key(k[len(prefix):]), *(v if isinstance(v, list) else (v, now))]
+                 for k, v in pair_table.items() if k.startswith(prefix)]
+        guards = {k[len(prefix):]: v for k, v in guard_table.items() if k.startswith(prefix)}
+        return cls(PairCooldown.restore({"last": pairs}, rules().crossing), WithdrawalGuards.restore(guards))
+
+
+pair_partitions: PartitionStates[PairPartition] = ownership.register(
+    PartitionStates(crossing_pairs.get_topic_name(), PairPartition.restore))
+
+
+@batch_agent(app, crossing_pairs)
+async def report(tp, records) -> None:
+    """Report each pair at most once per cooldown, one record per participant; retract on withdrawal."""
+    out = _Reports()
+    state = pair_partitions.get(tp.partition)
+    await each_record(tp, records, lambda tp_, record: _report_one(tp_.partition, state, record, out))
+    await out.flush()
+
+
+async def _report_one(p: int, state: PairPartition, record, out: "_Reports") -> None:
+    body = orjson.loads(record.value)
+    clock = time.time()
+    if "purge" in body:
+        await out.flush()  # crossings reported before the purge reach the topic before its retractions
+        await _purge(p, state, body, clock)
+        return
+    cooldown, guards, now = state.cooldown, state.guards, format_ts(clock)
+    for a, b, ts, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], body["place"], body["band"],
+                                               body["cva"], body["cvb"]):
+        if guards and guards.blocks(users.tag(a), cva, users.tag(b), cvb):
+            users.forget_tag(a), users.forget_tag(b)  # the user may be erased: keep no cached id
+            continue  # computed from pings sent before a withdrawal that has already been applied
+        if not a < b:
+            raise ValueError(f"crossing-pairs record with users {a!r}, {b!r} not in order")
+        if not cooldown.offer_pair(a, b, ts, clock):
+            continue
+        out.pair_reported(p, f"{p}|{pair_key(a, b)}", ts, clock)
+        at = format_ts(ts)
+        for user, other in ((a, b), (b, a)):  # one record per participant, keyed by that participant
+            out.crossing(user, crossing_bytes(user, other, at, place, rules().crossing.place_resolution, band, now))
+
+
+async def _purge(p: int, state: PairPartition, body: dict, clock: float) -> None:
+    """Guard against older candidates of the user, forget their pairs, retract on every partner's side."""
+    user = body["purge"]
+    tag = erasure_tag(rules().secret, user)  # keyed hash: no user id is kept in this guard
+    guard_table[f"{p}|{tag}"] = list(state.guards.withdraw(tag, body["v"], clock))  # at this record's partition
+    partners = state.cooldown.purge_user(user)
+    await report_purge(p, user, "crossing_pairs", len(partners), body)
+    now = format_ts(clock)
+    for other in partners:
+        pair_table.pop(f"{p}|{pair_key(user, other)}", None)
+        await crossings.send(key=other.encode(), value=CrossingRecord(
+            type="retraction", user_id=other, other_user_id=user, reason=body["reason"],
+            emitted_at=now).to_bytes())
+
+
+class _Reports:
+    """Crossing records and pair-table entries of one batch, sent together by `flush`.
+
+    Crossing records are placed like Kafka's default partitioner places their key (the
+    participant), computed for the whole batch at once (streams.plumbing.partitioner); pair-table
+    entries go to the table's store and changelog directly, in the table's own serialization
+    (json), so that Faust restores them as if written through the table.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
+        self.entries: list[tuple[int, str, list]] = []  # (partition, pair-table key, value)
+
+    def crossing(self, user: str, value: bytes) -> None:
+        self.keys.append(user.encode())
+        self.values.append(value)
+
+    def pair_reported(self, p: int, key: str, ts: float, reported_at: float) -> None:
+        pair_table.data[key] = value = [ts, reported_at]
+        self.entries.append((p, key, value))
+
+    async def flush(self) -> None:
+        if self.keys:
+            parts = partitions_for(self.keys, await partition_counts.of(crossings))
+            await send_many(crossings, list(zip(self.keys, self.values, parts)))
+        if self.entries:
+            await send_many(pair_table.changelog_topic,
+                            [(*changelog_entry(key, value), p) for p, key, value in self.entries])
+        self.keys, self.values, self.entries = [], [], []
+
+
+# --------------------------------------------------------------------------- forgetting
+
+
+@app.timer(300.0)
+async def forget_old_pairs() -> None:
+    """Forget who met whom once the crossings topic no longer holds their records, and old guards."""
+    now = time.time()
+    for messages in forget_pairs_reported_before(now - PAIR_MEMORY_S).values():
+        await send_many(pair_table.changelog_topic, messages)
+    for messages in forget_guards_set_before(now - GUARD_MEMORY_S).values():
+        await send_many(guard_table.changelog_topic, messages)
+
+
+def forget_pairs_reported_before(before: float) -> dict[int, list[tuple[bytes, None, int]]]:
+    """Drop pairs last reported before `before` from the partitions this worker owns; their tombstones.
+
+    Only the owner forgets: a copy left from an earlier ownership may be older than what the
+    owner has written since.
+    """
+    tombstones: dict[int, list[tuple[bytes, None, int]]] = {}
+    for p in sorted(pair_partitions.owned):
+        for a, b in pair_partitions.get(p).cooldown.forget_reported_before(before):
+            key = f"{p}|{pair_key(a, b)}"
+            pair_table.data.pop(key, None)
+            tombstones.setdefault(p, []).append((*changelog_entry(key, None), p))
+    return tombstones
+
+
+def forget_guards_set_before(before: float) -> dict[int, list[tuple[bytes, None, int]]]:
+    """Drop withdrawal guards set before `before` (wall clock) on owned partitions; their tombstones."""
+    tombstones: dict[int, list[tuple[bytes, None, int]]] = {}
+    for p in sorted(pair_partitions.owned):
+        for tag in pair_partitions.get(p).guards.forget_set_before(before):
+            key = f"{p}|{tag}"
+            guard_table.data.pop(key, None)
+            tombstones.setdefault(p, []).append((*changelog_entry(key, None), p))
+    return tombstones

@@ -1,0 +1,149 @@
+"""The main job end to end: topics, a worker, a simulated city, and a summary for people."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from streams.tools.report import dead_letter_reasons, format_counters, read_counters
+from streams.settings import Settings
+from streams.topics import create_topics
+
+
+def worker_env(settings: Settings, web_port: int) -> dict[str, str]:
+    """Environment for a worker subprocess that sees the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSPATHS_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"CROSSPATHS_{name.upper()}"] = str(value)
+    env["CROSSPATHS_WEB_PORT"] = str(web_port)
+    return env
+
+
+def start_worker(settings: Settings, web_port: int, log_path: Path) -> subprocess.Popen:
+    """Start `crosspaths worker` in the background, logging to log_path; return once its web port answers."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(web_port)],
+                            env=worker_env(settings, web_port), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health/", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    stop_worker(proc)
+    raise RuntimeError(f"worker web port {web_port} did not answer within 90 s; see {log_path}")
+
+
+def stop_worker(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a worker started by start_worker (TERM, then KILL)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for_counters(settings: Settings, expected: dict[str, int], timeout_s: float) -> bool:
+    """Wait until the workers have counted every produced message; show progress."""
+    deadline = time.monotonic() + timeout_s
+    total = sum(expected.values())
+    while time.monotonic() < deadline:
+        counters = read_counters(settings)
+        done = sum(min(counters.topics[t].received, n) for t, n in expected.items())
+        print(f"\r  processed {done}/{total} messages", end="", file=sys.stderr, flush=True)
+        if done >= total:
+            print(file=sys.stderr)
+            return True
+        time.sleep(2)
+    print(file=sys.stderr)
+    return False
+
+
+def run_demo(settings: Settings, users: int, hours: float, seed: int, timeout_s: float, simulate) -> None:
+    """Run the whole pipeline once on a fresh set of topics and print what came out."""
+    run = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}demo-{run}.",
+                                           "app_id": f"{settings.app_id}-demo-{run}"})
+    print(f"Run {run}: topics prefixed '{settings.topic_prefix}', app id '{settings.app_id}'")
+    print(f"Created {len(create_topics(settings))} topics")
+    log = Path(settings.home) / "logs" / f"worker-{run}.log"
+    proc = start_worker(settings, settings.web_port, log)
+    print(f"Worker running (pid {proc.pid}, web http://127.0.0.1:{settings.web_port}/counters/, log {log})")
+    try:
+        produced = simulate(settings, users, hours, seed, 0.01, None)
+        print("Produced " + ", ".join(f"{n} {t}" for t, n in produced.items()))
+        if not wait_for_counters(settings, produced, timeout_s):
+            print(f"Timed out after {timeout_s:.0f} s waiting for the worker; partial results below.")
+        time.sleep(3)  # let downstream stages flush
+        print_summary(settings)
+        print_outputs(settings)
+    finally:
+        stop_worker(proc)
+    print(f"\nExplore this run with: CROSSPATHS_TOPIC_PREFIX={settings.topic_prefix} "
+          f"CROSSPATHS_APP_ID={settings.app_id} crosspaths stats counters")
+
+
+def print_summary(settings: Settings) -> None:
+    """What came out of the pipeline, for a person."""
+    print("\n== Ingest ==")
+    print(format_counters(read_counters(settings)))
+    reasons = dead_letter_reasons(settings)
+    print(f"\n== Dead letters: {sum(reasons.values())} ==")
+    for (topic, reason), n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        print(f"  {topic:<16} {reason:<22} {n}")
+
+
+def print_outputs(settings: Settings) -> None:
+    """Crossings and statistics that came out, for a person."""
+    from streams.tools.report import (check_crossings, current_crossings, format_crossing_check, read_crossings,
+                                read_statistics)
+
+    records = read_crossings(settings)
+    found = [r for r in records if r["type"] == "crossing"]
+    retractions = [r for r in records if r["type"] == "retraction"]
+    shown = current_crossings(records)
+    pairs = {tuple(sorted((r["user_id"], r["other_user_id"]))) for r in found}
+    print(f"\n== Crossings: {len(pairs)} distinct pairs, {len(found)} participant records, "
+          f"{len(retractions)} retractions; {sum(len(v) for v in shown.values())} shown to "
+          f"{len(shown)} users now ==")
+    for r in found[:5]:
+        print(f"  {r['user_id']} crossed {r['other_user_id']} at {r['ts']} in H3 cell {r['place']} "
+              f"({r['distance_band']})")
+    print("  checked against the batch detector (crosspaths crossings verify):")
+    print("  " + format_crossing_check(check_crossings(settings, records)).replace("\n", "\n  "))
+    loc = read_statistics(settings, "partner-statistics")
+    print(f"\n== Partner statistics (k = {settings.k}): {len(loc)} published cells ==")
+    if not loc.empty:
+        for ws, sub in loc.groupby("window_start"):
+            print(f"  window {ws:%Y-%m-%d %H:%M}: {len(sub)} cells, users per cell {sub['users'].min()}-"
+                  f"{sub['users'].max()}, resolutions {sorted(sub['resolution'].unique().tolist())}")
+    conn = read_statistics(settings, "connection-statistics")
+    print(f"\n== Connection statistics (k = {settings.k}): {len(conn)} published groups ==")
+    if not conn.empty:
+        latest = conn[conn["window_start"] == conn["window_start"].max()].nlargest(6, "users")
+        for _, row in latest.iterrows():
+            print(f"  {row['window_start']:%H:%M} {' / '.join(row['group']):<40} {row['users']} users")
+    if not loc.empty:
+        from streams.tools.maps import render_cells
+
+        ws = loc["window_start"].max()
+        out = render_cells(loc[loc["window_start"] == ws], Path(settings.home) / "maps" /
+                           f"{settings.app_id}.png", f"Partner statistics, window {ws:%Y-%m-%d %H:%M} UTC")
+        print(f"\nHeatmap of the latest window: {out}")

@@ -1,0 +1,151 @@
+"""End to end on the real broker: k-anonymized partner and connection statistics."""
+from __future__ import annotations
+
+import json
+import time
+
+import h3
+import numpy as np
+import pytest
+
+from anonymizers.connection import group_key, reduce_connection
+from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
+from anonymizers.windows import window_start
+from schemas.timefmt import format_ts
+from tests.e2e.helpers import consume_all, producer, running_workers, send_json, wait_received
+
+pytestmark = pytest.mark.e2e
+
+UAS = ["Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+       "Version/17.5 Mobile/15E148 Safari/604.1",
+       "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+       "Chrome/126.0.6478.122 Mobile Safari/537.36",
+       "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0"]
+
+
+def test_partner_and_connection_statistics(pipeline_settings):
+    s = pipeline_settings
+    rng = np.random.default_rng(3)
+    now = time.time()
+    # A window that the closing events below (at w0 + 2 h + 400 s) complete. Those must not be in the
+    # future (skew limit 300 s): in the first minutes of an hour, window_start(now) - 2 h would put them there.
+    w0 = window_start(now - 1000, 3600) - 2 * 3600
+    spots = [(48.8566, 2.3522), (48.8606, 2.3376), (48.8530, 2.3690)]
+    consents, pings, logs = [], [], []
+    opted = {f"p{i:03d}" for i in range(70)}
+    expired = {f"x{i:03d}" for i in range(15)}   # opted in 14 months ago: no longer valid
+    never = {f"n{i:03d}" for i in range(15)}     # never opted in
+    for u in sorted(opted):
+        consents.append({"user_id": u, "updated_at": format_ts(now - 86400), "partner_sharing": True})
+    for u in sorted(expired):
+        consents.append({"user_id": u, "updated_at": format_ts(now - 430 * 86400), "partner_sharing": True})
+    for u in sorted(opted | expired | never):
+        spot = spots[rng.integers(len(spots))] if not u.startswith("n") else (48.8800, 2.2900)
+        for _ in range(4):
+            lat, lon = spot[0] + rng.normal(0, 0.002), spot[1] + rng.normal(0, 0.003)
+            pings.append({"user_id": u, "ts": int((w0 + rng.uniform(0, 3600)) * 1000), "lat": lat, "lon": lon})
+        ip = f"203.0.{rng.integers(0, 255)}.{rng.integers(1, 255)}" if rng.random() < .7 else "2001:db8:5:6::9"
+        logs.append({"user_id": u, "ts": int((w0 + rng.uniform(0, 3600)) * 1000), "ip": ip,
+                     "user_agent": UAS[rng.integers(len(UAS))], "language": "fr-FR,fr;q=0.9", "isp": "Orange",
+                     "event": "login"})
+    pings.sort(key=lambda d: d["ts"])
+    # Closing events, past the window end + lateness, from every user (so from every input partition:
+    # a window closes once all upstream partitions have moved past it).
+    later = int((w0 + 2 * 3600 + 400) * 1000)
+    closers = [{"user_id": u, "ts": later, "lat": spots[0][0], "lon": spots[0][1]} for u in sorted(opted)]
+    log_closers = [dict(d, ts=later) for d in logs]
+
+    with running_workers(s, count=1):
+        prod = producer(s)
+        for c in consents:
+            send_json(prod, s.topic("consents"), c["user_id"], c)
+        prod.flush()
+        wait_received(s, {"consents": len(consents)})
+        for d in pings + closers:
+            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
+        for d in logs + log_closers:
+            send_json(prod, s.topic("connection-logs"), d["user_id"], d)
+        prod.flush()
+        wait_received(s, {"geo-pings": len(pings) + len(closers), "connection-logs": 2 * len(logs)})
+        loc = _wait_nonempty(s, "partner-statistics")
+        conn = _wait_nonempty(s, "connection-statistics")
+        time.sleep(2)
+        loc = [json.loads(r.value) for r in consume_all(s, "partner-statistics")]
+        conn = [json.loads(r.value) for r in consume_all(s, "connection-statistics")]
+
+    # Expected, computed by the core on exactly the users with a valid opt-in.
+    params = KAnonParams(k=s.k, base_resolution=s.h3_base_resolution, coarsest_resolution=s.h3_coarsest_resolution)
+    users_by_cell: dict[str, set] = {}
+    for d in pings:
+        if d["user_id"] in opted:
+            users_by_cell.setdefault(h3.latlng_to_cell(d["lat"], d["lon"], params.base_resolution), set()).add(d["user_id"])
+    expected = {(r.cell, r.users) for r in generalize_cells(users_by_cell, params)}
+    assert expected, "the workload must publish something"
+    assert {(r["cell"], r["users"]) for r in loc} == expected
+    for r in loc:
+        assert r["users"] >= s.k and r["k"] == s.k
+        assert r["window_start"] == format_ts(w0) and r["window_end"] == format_ts(w0 + 3600)
+    cells = [r["cell"] for r in loc]
+    assert len(cells) == len(set(cells))
+    for c in cells:
+        for other in cells:
+            if other != c and h3.get_resolution(other) < h3.get_resolution(c):
+                assert h3.cell_to_parent(c, h3.get_resolution(other)) != other, "parent published with child"
+
+    groups: dict[tuple, set] = {}
+    for d in logs:
+        reduced = reduce_connection(ts=d["ts"] / 1000, ip=d["ip"], user_agent=d["user_agent"], event=d["event"],
+                                    isp=d["isp"], language=d["language"])
+        groups.setdefault(group_key(reduced, tuple(s.connection_group_by.split(","))), set()).add(d["user_id"])
+    expected_groups = {(tuple(g.group), g.users) for g in publish_groups(groups, s.k)}
+    assert {(tuple(r["group"]), r["users"]) for r in conn} == expected_groups
+    assert all(r["users"] >= s.k for r in conn)
+
+    # No identifier of any kind in any statistics record.
+    raw = json.dumps(loc + conn)
+    for u in opted | expired | never:
+        assert u not in raw
+    for d in logs:
+        assert d["ip"] not in raw
+    for d in pings:
+        assert f"{d['lat']}" not in raw and f"{d['lon']}" not in raw
+
+
+def _wait_nonempty(s, name, timeout_s=90):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = consume_all(s, name)
+        if records:
+            return records
+        time.sleep(1)
+    raise AssertionError(f"nothing published on {name} within {timeout_s} s")
+
+
+def test_a_window_closes_when_later_input_goes_elsewhere(pipeline_settings):
+    """Every input partition moves past a window, but nothing it sends later reaches the stats-cells
+    partition holding the window (later pings come from users without a partner opt-in): progress
+    markers close the window anyway, instead of leaving it open until opted-in users ping again."""
+    s = pipeline_settings
+    rng = np.random.default_rng(5)
+    now = time.time()
+    w0 = window_start(now - 1000, 3600) - 2 * 3600
+    opted = [f"p{i:03d}" for i in range(2 * s.k)]
+    pings = [{"user_id": u, "ts": int((w0 + rng.uniform(0, 3600)) * 1000),
+              "lat": 48.8566 + rng.normal(0, 0.001), "lon": 2.3522 + rng.normal(0, 0.001)} for u in opted]
+    later = int((w0 + 2 * 3600 + 400) * 1000)
+    # Many users, so every input partition has some; no opt-in, so none of this goes to statistics.
+    closers = [{"user_id": f"q{i:03d}", "ts": later, "lat": 48.8566, "lon": 2.3522} for i in range(40)]
+    with running_workers(s, count=1):
+        prod = producer(s)
+        for u in opted:
+            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
+                                                     "partner_sharing": True})
+        prod.flush()
+        wait_received(s, {"consents": len(opted)})
+        for d in sorted(pings, key=lambda d: d["ts"]) + closers:
+            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
+        prod.flush()
+        loc = [json.loads(r.value) for r in _wait_nonempty(s, "partner-statistics", timeout_s=60)]
+    assert loc, "the window was never published: an input partition that sent nothing there held it open"
+    assert sum(r["users"] for r in loc) == len(opted)
+    assert {r["window_start"] for r in loc} == {format_ts(w0)}
