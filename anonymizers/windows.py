@@ -116,7 +116,9 @@ class WindowedDistinct:
             window[key] = {member}
         else:
             members.add(member)
-        self._observe(source, ts)
+        progress = self._clock.observe(source, ts)
+        if progress > self._watermark:
+            self._watermark = progress
         return "ok"
 
     def advance_source(self, source: Hashable, ts: float) -> None:
@@ -126,13 +128,9 @@ class WindowedDistinct:
         (closed() then returns what it allows). Without sources, the watermark moves to ts.
         """
         _check_ts(ts)
-        self._observe(source, ts)  # to the clock, a progress marker is an event of that time
-
-    def _observe(self, source: Hashable | None, ts: float) -> None:
-        clock = self._clock
-        clock.observe(source, ts)
-        if clock.progress > self._watermark:
-            self._watermark = clock.progress
+        progress = self._clock.observe(source, ts)  # to the clock, a progress marker is an event of that time
+        if progress > self._watermark:
+            self._watermark = progress
 
     def closed(self) -> list[ClosedWindow]:
         """Remove and return, oldest first, the windows with end + lateness <= watermark."""

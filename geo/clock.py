@@ -41,8 +41,11 @@ class EventClock:
         """Largest event time seen, from any source."""
         return self._max
 
-    def observe(self, source: Hashable, ts: float) -> None:
-        """An event of time ts (a finite number) from `source`; a source the clock was not given counts only for max_seen."""
+    def observe(self, source: Hashable, ts: float) -> float:
+        """An event of time ts (a finite number) from `source`; returns progress after it.
+
+        A source the clock was not given counts only for max_seen.
+        """
         if ts > self._max:
             self._max = ts
             if not self._source_max:
@@ -54,6 +57,7 @@ class EventClock:
                 src[source] = ts
                 if old == self._progress:  # the slowest source moved: progress may too
                     self._progress = min(src.values())
+        return self._progress
 
     # A progress marker ("`source` has reached ts", for a source whose events all go elsewhere) is
     # an event of that time: the stateful users rely on the two being the same (property-tested).

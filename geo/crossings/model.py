@@ -147,6 +147,8 @@ def split_pair_key(key: str) -> tuple[str, str]:
 
 def is_usable(accuracy_m, params: CrossingParams):
     """Whether pings of these accuracies (a number, None, or an array with nan for None) are used for crossings."""
+    if accuracy_m is None or isinstance(accuracy_m, (int, float)):  # one fix (route): no array for it
+        return not (accuracy_m is not None and accuracy_m > params.max_accuracy_m)
     return ~(np.asarray(accuracy_m, dtype=np.float64) > params.max_accuracy_m)  # unknown accuracy is usable
 
 
