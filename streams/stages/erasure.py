@@ -65,7 +65,7 @@ async def purge_downstream(user: str, at: float, plan: PurgePlan) -> int:
     crossing_body = _json({"purge": user, "v": at, "reason": plan.reason, "report": plan.report})
     stats_body = None
     if {PurgeTarget.LOCATIONS, PurgeTarget.CONNECTIONS} & plan.targets:
-        members = sorted({rules().pseudonyms.pseudonym(user, ws) for ws in _recent_windows(max(time.time(), at))})
+        members = sorted(pseudonyms_of(user, max(time.time(), at)))
         stats_body = _json({"purge": members, "user": user if plan.report else None, "report": plan.report, "v": at})
     for p in range(P):
         for target in PurgeTarget:  # in this order: crossing stages, then statistics
@@ -85,14 +85,10 @@ async def report_purge(p: int, user: str | None, stage: str, removed: int, body:
             {"user": user, "stage": stage, "partition": p, "removed": removed, "v": body.get("v")}))
 
 
-def _recent_windows(now: float) -> list[float]:
-    """Starts of every statistics window that may still be open at `now`."""
-    return recent_windows(now, rules().stats_window_s)
-
-
 def pseudonyms_of(user: str, now: float) -> set[str]:
-    """The user's statistics pseudonyms in every window that may still be open at `now` (for audits)."""
-    return {rules().pseudonyms.pseudonym(user, ws) for ws in _recent_windows(now)}
+    """The user's statistics pseudonyms in every window that may still be open at `now` (purges, audits)."""
+    r = rules()
+    return {r.pseudonyms.pseudonym(user, ws) for ws in recent_windows(now, r.stats_window_s)}
 
 
 # --------------------------------------------------------------------------- inactivity
