@@ -1,4 +1,4 @@
-"""Optional differential privacy for location counts (off by default).
+"""Optional differential privacy for location counts (off by default): noisy counts, private partition selection.
 
 Mechanism, per window:
 
@@ -10,25 +10,33 @@ Mechanism, per window:
 2. ``noisy_count`` adds two-sided geometric (discrete Laplace) noise
    ``P(Z = z) = (1 - a) / (1 + a) * a**|z|`` with ``a = exp(-epsilon / m)``
    to each count.
-3. The k threshold is applied to the NOISY counts, after the noise (never to
-   the true counts), and results are clamped at 0 (post-processing).
+3. A cell is published if its NOISY count reaches the threshold
+   ``tau = max(k, publication_threshold(params))`` (never tested on the true
+   count); published counts are clamped at 0 (post-processing).
 
-Guarantee: the noisy counts of one window over a fixed, data-independent set
-of cells (``domain``) are epsilon-differentially private with respect to
-adding or removing one user's pings in that window (user-level, because of
-step 1). Thresholding and clamping are post-processing and keep that
-guarantee. If the set of cells is taken from the data (``domain=None``, only
-cells somebody was seen in), a cell appearing at all is itself data-dependent
-(candidates are the cells non-empty after step 1, so one user adds at most m)
-and the guarantee is (epsilon, delta)-DP with
-``delta <= m * a**(k - 1) / (1 + a)`` (probability that one of the at most m
-cells only that user made non-empty clears the threshold).
+Guarantee: (epsilon, delta)-DP per window with respect to adding or removing
+one user's pings in that window (user-level, because of step 1), with the
+candidate cells taken from the data. The noisy counts of the cells both
+neighbours share are epsilon-DP (Laplace mechanism, sensitivity m). The cells
+only the added user made non-empty (at most m, each with count 1) are the
+risk: one is published with probability ``P(1 + Z >= tau) = a**(tau - 1) /
+(1 + a)``, so all of them together with at most ``m * a**(tau - 1) / (1 + a)``.
+``publication_threshold`` is the smallest ``tau`` that keeps this at or below
+``delta`` (private partition selection by Laplace thresholding, as in
+PipelineDP). ``delta`` is at most ``MAX_DELTA`` (1e-6); ``DPParams`` refuses
+more. With ``domain`` (a declared, data-independent set of cells) the guarantee
+is pure epsilon-DP whatever the threshold.
 
-Not covered: the guarantee is per window; over several windows epsilons add
-up (basic composition) for a user present in all of them. Hierarchical
-generalization (``kanon.generalize_cells``) is NOT applied in DP mode: its
+Cells: the base cells as given, or (``resolution``) their ancestors at one fixed resolution,
+chosen before seeing data: a user then spans fewer cells (fewer lost to the bound) and cells hold
+more users (more clear the threshold). Measured in bench/RESULTS.md.
+
+Not covered: the guarantee is per window; over several windows epsilons and
+deltas add up (basic composition) for a user present in all of them: with
+hourly windows, a user seen all day is protected at (24 epsilon, 24 delta) for
+that day. Regions (``regions.publish_regions``) are NOT formed in DP mode: their
 unions at several resolutions would multiply the sensitivity; DP output is
-published at the base resolution only.
+published at the base resolution only, as one-cell regions.
 """
 
 from __future__ import annotations
@@ -44,12 +52,17 @@ import numpy as np
 from anonymizers.kanon import CellCount
 
 
+MAX_DELTA = 1e-6
+
+
 @dataclass(frozen=True, slots=True)
 class DPParams:
-    """Privacy budget per window and the per-user contribution bound."""
+    """Privacy budget per window (epsilon, delta) and the per-user contribution bound."""
 
     epsilon: float = 1.0
     max_cells_per_user: int = 1
+    delta: float = MAX_DELTA
+    resolution: int | None = None  # H3 resolution of the published cells; None: the base cells as given
 
     def __post_init__(self) -> None:
         e = self.epsilon
@@ -58,6 +71,26 @@ class DPParams:
         m = self.max_cells_per_user
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"max_cells_per_user={m!r} must be an integer >= 1")
+        d = self.delta
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= MAX_DELTA:
+            raise ValueError(f"delta={d!r} must be in (0, {MAX_DELTA:g}]: a larger delta lets a lone user's "
+                             "place be published too often")
+        r = self.resolution
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 15):
+            raise ValueError(f"resolution={r!r} must be None or an integer in [0, 15]")
+
+
+def publication_threshold(params: DPParams) -> int:
+    """The smallest noisy count a cell needs so that a lone user's cells are published with probability <= delta."""
+    m = params.max_cells_per_user
+    a = math.exp(-params.epsilon / m)
+    # m * a**(tau - 1) / (1 + a) <= delta  <=>  tau - 1 >= log(delta * (1 + a) / m) / log(a)
+    tau = 1 + max(0, math.ceil(math.log(params.delta * (1 + a) / m) / math.log(a) - 1e-9))
+    while tau > 1 and m * a ** (tau - 2) / (1 + a) <= params.delta:  # floating point: the smallest that holds
+        tau -= 1
+    while m * a ** (tau - 1) / (1 + a) > params.delta:
+        tau += 1
+    return tau
 
 
 def _sort_key(value: Hashable) -> tuple[str, str]:
@@ -107,15 +140,24 @@ def publish_noisy_cells(
     rng: np.random.Generator,
     domain: Iterable[str] | None = None,
 ) -> list[CellCount]:
-    """Publish base cells whose noisy distinct-user count is >= k (see module guarantee)."""
+    """Publish base cells whose noisy distinct-user count reaches max(k, the (epsilon, delta) threshold)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} must be an integer >= 1")
+    threshold = k if domain is not None else max(k, publication_threshold(params))
+    if params.resolution is not None:  # a fixed, data-independent resolution: coarser cells, fewer per user
+        coarse: dict[str, set] = defaultdict(set)
+        for cell, users in users_by_cell.items():
+            res = h3.get_resolution(cell)
+            if res < params.resolution:
+                raise ValueError(f"cell={cell!r} has resolution {res}, coarser than resolution={params.resolution}")
+            coarse[h3.cell_to_parent(cell, params.resolution)].update(users)
+        users_by_cell = coarse
     bounded = bound_contributions(users_by_cell, params.max_cells_per_user, rng)
     # Without a domain, candidates come from the BOUNDED data, so one user adds at most m cells.
     cells = sorted(set(domain) if domain is not None else set(bounded))
     rows = []
     for cell in cells:
         noisy = noisy_count(len(bounded.get(cell, ())), params.epsilon, params.max_cells_per_user, rng)
-        if noisy >= k:
+        if noisy >= threshold:
             rows.append(CellCount(cell, h3.get_resolution(cell), noisy))
     return rows

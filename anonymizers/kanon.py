@@ -1,5 +1,8 @@
 """k-anonymity for published aggregates: H3 cell generalization and group thresholds.
 
+The pipeline publishes places with ``anonymizers.regions.publish_regions`` (issue 19). The cell
+rule below (``generalize_cells``) was its rule before; it stays for comparison (bench/bench_regions.py).
+
 Location rule (``generalize_cells``), decided top-down from each cell at
 ``coarsest_resolution`` that has users under it:
 

@@ -4,7 +4,7 @@
 ``add``, ask it which windows are complete with ``closed`` (or ``advance`` /
 ``flush``), and persist it with ``snapshot`` / ``restore``. It never sends
 anything: the caller decides what to publish from the closed windows (for
-example ``kanon.generalize_cells`` for location, key = base H3 cell and
+example ``regions.publish_regions`` for location, key = base H3 cell and
 member = pseudonym; ``kanon.publish_groups`` for connection statistics,
 key = group tuple).
 

@@ -19,10 +19,26 @@ import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from schemas.timefmt import parse_ts
+from schemas.reprs import shown
+from schemas.timefmt import MAX_EPOCH_MS, MIN_EPOCH_MS, RFC3339_PATTERN, parse_ts
 
 SCHEMA_VERSIONS = frozenset({1})
 USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+# IP addresses as Python's ipaddress.ip_address takes them (dotted quads without leading zeros;
+# IPv6 with at most one "::", an embedded IPv4 tail, a zone), as a pattern JSON Schema can carry.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_H = r"[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join([
+    rf"(?:{_H}:){{7}}{_H}", rf"(?:{_H}:){{1,7}}:", rf"(?:{_H}:){{1,6}}:{_H}",
+    rf"(?:{_H}:){{1,5}}(?::{_H}){{1,2}}", rf"(?:{_H}:){{1,4}}(?::{_H}){{1,3}}",
+    rf"(?:{_H}:){{1,3}}(?::{_H}){{1,4}}", rf"(?:{_H}:){{1,2}}(?::{_H}){{1,5}}", rf"{_H}:(?::{_H}){{1,6}}",
+    rf":(?:(?::{_H}){{1,7}}|:)",
+    rf"(?:{_H}:){{6}}{_IPV4}", rf"::(?:{_H}:){{0,5}}{_IPV4}",
+    *(rf"(?:{_H}:){{{k}}}:(?:{_H}:){{0,{5 - k}}}{_IPV4}" for k in range(1, 6)),
+])
+IP_PATTERN = rf"^(?:{_IPV4}|(?:{_IPV6})(?:%[^%/]+)?)$"
+_IP = re.compile(IP_PATTERN[1:-1])
 
 
 class Reason(str, Enum):
@@ -47,6 +63,7 @@ class Reason(str, Enum):
     BAD_VALUE = "bad_value"
     LATE_EVENT = "late_event"
     PROCESSING_ERROR = "processing_error"  # valid input the pipeline failed on: a bug, kept for replay
+    UNDELIVERABLE = "undeliverable"  # what the pipeline made of a message could not be sent: kept for replay
 
 
 def _fail(reason: Reason, message: str) -> PydanticCustomError:
@@ -56,7 +73,7 @@ def _fail(reason: Reason, message: str) -> PydanticCustomError:
 
 def _ts(value: Any) -> float:
     if isinstance(value, float):
-        raise _fail(Reason.BAD_TIMESTAMP, f"ts={value!r} is a float; use integer epoch milliseconds or an RFC 3339 string")
+        raise _fail(Reason.BAD_TIMESTAMP, f"ts={shown(value)} is a float; use integer epoch milliseconds or an RFC 3339 string")
     try:
         return parse_ts(value)
     except ValueError as exc:
@@ -66,21 +83,27 @@ def _ts(value: Any) -> float:
 def _finite(name: str):
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(Reason.WRONG_TYPE, f"{name}={value!r} must be a number")
-        if not math.isfinite(value):
-            raise _fail(Reason.NOT_FINITE, f"{name}={value!r} must be a finite number")
-        return float(value)
+            raise _fail(Reason.WRONG_TYPE, f"{name}={shown(value)} must be a number")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            number = math.inf
+        if not math.isfinite(number):
+            raise _fail(Reason.NOT_FINITE, f"{name}={shown(value)} must be a finite number")
+        return number
 
     return check
 
 
 def _ip(value: Any) -> str:
     if not isinstance(value, str):
-        raise _fail(Reason.WRONG_TYPE, f"ip={value!r} must be a string")
+        raise _fail(Reason.WRONG_TYPE, f"ip={shown(value)} must be a string")
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        if _IP.fullmatch(value) is None:  # the published pattern: no surrounding whitespace, no other forms
+            raise ValueError(value)
+        return str(ipaddress.ip_address(value))
     except ValueError:
-        raise _fail(Reason.BAD_IP, f"ip={value!r} is not an IPv4 or IPv6 address") from None
+        raise _fail(Reason.BAD_IP, f"ip={shown(value)} is not an IPv4 or IPv6 address") from None
 
 
 Timestamp = Annotated[
@@ -89,7 +112,8 @@ Timestamp = Annotated[
     WithJsonSchema(
         {
             "description": "RFC 3339 date-time with offset, or integer epoch milliseconds",
-            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 946684800000}],
+            "anyOf": [{"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN},
+                      {"type": "integer", "minimum": MIN_EPOCH_MS, "maximum": MAX_EPOCH_MS}],
         }
     ),
 ]
@@ -110,7 +134,7 @@ Accuracy = _number("accuracy_m", "Horizontal accuracy radius, metres", ge=0)
 IpAddress = Annotated[
     str,
     BeforeValidator(_ip),
-    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+    WithJsonSchema({"type": "string", "pattern": IP_PATTERN, "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
 ]
 
 
@@ -206,14 +230,14 @@ def _message_for(error: dict) -> str:
     loc = ".".join(str(p) for p in error["loc"]) or "record"
     if error["type"] == "missing":
         return f"{loc} is required but missing"
-    value = error.get("input")
+    value = shown(error.get("input"))
     msg = error["msg"]
     if error["type"] in ("greater_than_equal", "less_than_equal") and loc in ("lat", "lon"):
         bound = 90 if loc == "lat" else 180
-        return f"{loc}={value!r} is outside [-{bound}, {bound}]"
+        return f"{loc}={value} is outside [-{bound}, {bound}]"
     if loc in msg:
         return msg
-    return f"{loc}={value!r}: {msg}"
+    return f"{loc}={value}: {msg}"
 
 
 def decode(kind: str, raw: bytes | None, limits: Limits = Limits(), now: float | None = None,
@@ -231,14 +255,22 @@ def decode(kind: str, raw: bytes | None, limits: Limits = Limits(), now: float |
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return Rejection(Reason.NOT_JSON, f"message is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        return Rejection(Reason.NOT_JSON, "message is not JSON this pipeline reads: arrays or objects nested too deeply")
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return Rejection(Reason.NOT_JSON, f"message is not JSON this pipeline reads: {shown(str(exc), 200)}")
     if not isinstance(data, dict):
         return Rejection(Reason.NOT_OBJECT, f"message is a JSON {type(data).__name__}; expected an object")
     version = data.get("schema_version", 1)
     if type(version) is not int or version not in SCHEMA_VERSIONS:
         return Rejection(
             Reason.UNKNOWN_SCHEMA_VERSION,
-            f"schema_version={version!r} is not supported; supported: {sorted(SCHEMA_VERSIONS)}",
+            f"schema_version={shown(version)} is not supported; supported: {sorted(SCHEMA_VERSIONS)}",
         )
+    unpaired = _unpaired_surrogate(data)
+    if unpaired is not None:
+        return Rejection(Reason.NOT_UTF8, f"{unpaired} holds an unpaired UTF-16 surrogate (a \\ud800-\\udfff escape); "
+                                          "JSON strings must be valid Unicode")
     try:
         record = INPUT_MODELS[kind].model_validate(data)
     except ValidationError as exc:
@@ -260,8 +292,32 @@ def decode(kind: str, raw: bytes | None, limits: Limits = Limits(), now: float |
     return record
 
 
+def _unpaired_surrogate(data: dict) -> str | None:
+    """Which top-level field name or string value holds an unpaired surrogate (e.g. "ip"), else None.
+
+    JSON allows the escape \\ud800 alone and Python decodes it to a str that cannot be encoded
+    again: such a string would stop the stage that writes it out. Only top-level fields are read.
+    """
+    for name, value in data.items():
+        if not _encodable(name):
+            return f"the field name {shown(name)}"
+        if isinstance(value, str) and not _encodable(value):
+            return name
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 _USER_ID = re.compile(USER_ID_PATTERN[1:-1])  # fullmatch: no trailing newline, unlike `$`
-_isfinite = math.isfinite
+_MAX_FLOAT = 1.7976931348623157e308
 
 
 def decode_ping_fast(raw: bytes | None, limits: Limits, now: float, key: bytes | None = None):
@@ -298,25 +354,42 @@ def decode_ping_fast(raw: bytes | None, limits: Limits, now: float, key: bytes |
     tl, tn = type(lat), type(lon)
     if not ((tl is float or tl is int) and (tn is float or tn is int)):
         return None
-    lat, lon = float(lat), float(lon)
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN fails too
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN fails too; huge integers compare exactly
         return None
+    lat, lon = float(lat), float(lon)
     if acc is not None:
         ta = type(acc)
-        if not (ta is float or ta is int):
+        if not (ta is float or ta is int) or not 0.0 <= acc <= _MAX_FLOAT:
             return None
         acc = float(acc)
-        if not (acc >= 0.0 and _isfinite(acc)):
-            return None
     return user, ts, lat, lon, acc
 
 
 def json_schema(kind: str) -> dict:
     """The JSON Schema of input record `kind`."""
     schema = INPUT_MODELS[kind].model_json_schema(mode="validation")
+    _end_patterns_at_end(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://crosspaths.dev/schemas/{kind}.schema.json"
     return schema
+
+
+def _end_patterns_at_end(node: object) -> None:
+    """Make every `pattern` ending in `$` refuse a trailing newline in any regex engine.
+
+    The worker matches whole strings; in ECMA-262 (JSON Schema's dialect) `$` is the end of the
+    string, but in Python's re (which validators such as `jsonschema` use) `$` also matches before
+    a final newline, so "login\\n" would pass there. `(?!\\n)` after the `$` means the same end in both.
+    """
+    if isinstance(node, dict):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and pattern.endswith("$"):
+            node["pattern"] = pattern + r"(?!\n)"
+        for value in node.values():
+            _end_patterns_at_end(value)
+    elif isinstance(node, list):
+        for value in node:
+            _end_patterns_at_end(value)
 
 
 def schema_text(kind: str) -> str:

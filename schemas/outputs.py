@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Literal
 
@@ -18,7 +19,13 @@ class _Out(BaseModel):
 
 
 class DeadLetter(_Out):
-    """A rejected input message, with everything needed to find, fix and replay it."""
+    """A rejected input message, with everything needed to find, fix and replay it.
+
+    Bounded in size whatever the message: the key and value are carried whole up to a prefix
+    length (`dead_letter_prefix_bytes`), beyond that as their first bytes, with the full size and
+    a SHA-256 of the full bytes; the message itself stays at (source_topic, partition, offset)
+    until the topic's retention. A dead letter is therefore never too large to be sent.
+    """
 
     source_topic: str
     partition: int
@@ -28,10 +35,41 @@ class DeadLetter(_Out):
     reason: str
     message: str
     rejected_at: str
+    key_size: int | None = None  # bytes of the full key (key_b64 may hold only the first ones)
+    key_sha256: str | None = None  # hex SHA-256 of the full key
+    value_size: int | None = None
+    value_sha256: str | None = None
+
+    @classmethod
+    def of(cls, source_topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+           reason: str, message: str, rejected_at: str, prefix_bytes: int) -> "DeadLetter":
+        """The dead letter of a message at a source position: bounded prefixes, sizes, hashes, a bounded message."""
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}… ({len(message)} chars)"
+        return cls(source_topic=source_topic[:MAX_TOPIC_CHARS], partition=partition, offset=offset,
+                   key_b64=b64(None if key is None else key[:prefix_bytes]),
+                   value_b64=b64(None if value is None else value[:prefix_bytes]),
+                   reason=reason, message=message, rejected_at=rejected_at,
+                   key_size=None if key is None else len(key), key_sha256=_sha256(key),
+                   value_size=None if value is None else len(value), value_sha256=_sha256(value))
 
     def raw_value(self) -> bytes | None:
-        """The original message bytes."""
+        """The original message bytes, or their first bytes if `complete` is False."""
         return None if self.value_b64 is None else base64.b64decode(self.value_b64)
+
+    @property
+    def complete(self) -> bool:
+        """Whether key_b64 and value_b64 hold the whole key and value (else: prefixes, see the sizes)."""
+        return all(size is None or text is None or len(base64.b64decode(text)) == size
+                   for text, size in ((self.key_b64, self.key_size), (self.value_b64, self.value_size)))
+
+
+MAX_MESSAGE_CHARS = 2000  # a reason's explanation; values in it are cut already (schemas.reprs)
+MAX_TOPIC_CHARS = 249  # Kafka's own limit on topic names
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def b64(data: bytes | None) -> str | None:
@@ -65,12 +103,20 @@ def crossing_bytes(user_id: str, other_user_id: str, ts: str, place: str, place_
 
 
 class LocationStat(_Out):
-    """Distinct users in one H3 cell during one window (k-anonymized)."""
+    """Distinct users in one region during one window (k-anonymized; anonymizers/regions.py).
+
+    A region is an H3 cell (`region == cell`, `members == [cell]`), or the remainder of `cell`:
+    `cell` minus the regions published inside it in the same window (`region == "<cell>-rest"`, or
+    `"<cell>-rest-<i>"` for each group when it is split; `members` = the H3 cells, at several
+    resolutions, whose union it is). Regions of one window never overlap; `resolution` is that of `cell`.
+    """
 
     window_start: str
     window_end: str
+    region: str
     cell: str
     resolution: int
+    members: list[str]
     users: int
     k: int
     noisy: bool = False

@@ -7,9 +7,18 @@ import numbers
 import re
 from datetime import datetime, timezone
 
+from schemas.reprs import shown
+
 # Plausible range for epoch milliseconds: 2000-01-01 .. 2100-01-01.
 MIN_EPOCH_MS = 946_684_800_000
 MAX_EPOCH_MS = 4_102_444_800_000
+
+# RFC 3339 section 5.6 date-time: what `ts` strings must look like, checked as it stands (no
+# surrounding whitespace). The published JSON Schemas carry the same pattern (schemas.events).
+RFC3339_PATTERN = (r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]"
+                   r":[0-5][0-9](?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$")
+_RFC3339 = re.compile(RFC3339_PATTERN[1:-1])
+_LOCAL_TIME = re.compile(RFC3339_PATTERN[1:RFC3339_PATTERN.index("(?:[Zz]")])  # the same without its offset
 
 
 def parse_ts(value: object) -> float:
@@ -18,20 +27,19 @@ def parse_ts(value: object) -> float:
         raise ValueError(f"ts={value!r} is a boolean, expected an RFC 3339 string or integer epoch milliseconds")
     if isinstance(value, int):
         if not MIN_EPOCH_MS <= value <= MAX_EPOCH_MS:
-            raise ValueError(f"ts={value} epoch milliseconds is outside years 2000-2100")
+            raise ValueError(f"ts={shown(value)} epoch milliseconds is outside years 2000-2100")
         return value / 1000.0
     if isinstance(value, str):
-        text = value.strip()
-        if "T" not in text.upper():
-            raise ValueError(f"ts={value!r} is not an RFC 3339 date-time (e.g. 2026-11-30T12:00:00Z)")
+        if _RFC3339.fullmatch(value) is None:
+            if _LOCAL_TIME.fullmatch(value) is not None:
+                raise ValueError(f"ts={shown(value)} has no UTC offset; RFC 3339 requires 'Z' or '+hh:mm'")
+            raise ValueError(f"ts={shown(value)} is not an RFC 3339 date-time (e.g. 2026-11-30T12:00:00Z)")
         try:
-            dt = datetime.fromisoformat(text.replace("z", "Z"))
-        except ValueError:
-            raise ValueError(f"ts={value!r} is not an RFC 3339 date-time (e.g. 2026-11-30T12:00:00Z)") from None
-        if dt.tzinfo is None:
-            raise ValueError(f"ts={value!r} has no UTC offset; RFC 3339 requires 'Z' or '+hh:mm'")
+            dt = datetime.fromisoformat(value.replace("z", "Z"))
+        except ValueError:  # the shape is right, the date is not (e.g. February 30)
+            raise ValueError(f"ts={shown(value)} is not a valid date-time") from None
         return dt.timestamp()
-    raise ValueError(f"ts={value!r} must be an RFC 3339 string or integer epoch milliseconds")
+    raise ValueError(f"ts={shown(value)} must be an RFC 3339 string or integer epoch milliseconds")
 
 
 def format_ts(epoch_s: float) -> str:

@@ -87,14 +87,18 @@ def topics_create() -> None:
 
 @topics.command("list")
 def topics_list() -> None:
-    """Show the declared topics with their key, retention and cleanup policy."""
+    """Show the declared topics with their key, how long a record can stay, and cleanup policy."""
     from streams.topics import topic_specs
 
     s = _settings()
+    check = s.broker_retention_check_ms
     for spec in topic_specs(s):
-        days = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms / 86_400_000:g} d"
-        click.echo(f"{s.topic(spec.name):<28} key={spec.key:<16} retention={days:<10} "
-                   f"{'compact' if spec.compacted else 'delete'}{'  (internal)' if spec.internal else ''}")
+        lifetime = spec.lifetime_ms(check)
+        bound = (f"gone within {lifetime / 3_600_000:g} h" if lifetime is not None
+                 else f"tombstoned keys gone within {spec.erased_within_ms(check) / 3_600_000:g} h")
+        click.echo(f"{s.topic(spec.name):<28} key={spec.key:<16} {bound:<40} "
+                   f"{'compact' if spec.compacted else 'delete'}{'  (internal)' if spec.internal else ''}"
+                   f"{'' if spec.personal else '  (no personal data)'}")
 
 
 # --------------------------------------------------------------------------- worker
@@ -183,7 +187,10 @@ def stats_dead_letters() -> None:
 @click.option("--since", default=None, help="Only windows starting at or after this RFC 3339 time.")
 @click.option("--until", default=None, help="Only windows starting before this RFC 3339 time.")
 def stats_export(topic: str, fmt: str, output: Path | None, since: str | None, until: str | None) -> None:
-    """Export published statistics for pandas (one row per window and cell or group)."""
+    """Export published statistics for pandas (one row per window and region or group).
+
+    A partner-statistics region's member H3 cells are a list in parquet, space-separated in CSV.
+    """
     import pandas as pd
 
     from streams.tools.report import read_statistics
@@ -198,6 +205,8 @@ def stats_export(topic: str, fmt: str, output: Path | None, since: str | None, u
             for i, name in enumerate(frame["group_by"].iloc[0]):
                 frame[name] = frame["group"].str[i]
             frame = frame.drop(columns=["group", "group_by"])
+        if "members" in frame.columns and fmt == "csv":
+            frame["members"] = frame["members"].str.join(" ")  # a region's H3 cells, space-separated
     if fmt == "parquet":
         if output is None:
             _fail("--output is required for parquet")
@@ -212,21 +221,35 @@ def stats_export(topic: str, fmt: str, output: Path | None, since: str | None, u
 
 @stats.command("map")
 @click.option("--window", "window", default=None, help="Window start (RFC 3339); default: the latest.")
+@click.option("--day", default=None, help="A UTC date (YYYY-MM-DD): every window of that day, as small multiples.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("partner-statistics.png"), show_default=True)
-def stats_map(window: str | None, output: Path) -> None:
-    """Render a PNG heatmap of one window's published partner-statistics cells."""
+def stats_map(window: str | None, day: str | None, output: Path) -> None:
+    """Render a PNG map of one window's published partner-statistics regions, or of a whole day's windows."""
     import pandas as pd
 
-    from streams.tools.maps import render_cells
+    from streams.tools.maps import render_cells, render_day
     from streams.tools.report import read_statistics
 
+    if window and day:
+        raise click.UsageError("--window and --day are exclusive")
     frame = read_statistics(_settings(), "partner-statistics")
     if frame.empty:
         _fail("no partner statistics published yet")
+    if day:
+        try:
+            start = pd.Timestamp(day, tz="UTC").normalize()
+        except ValueError:
+            raise click.UsageError(f"--day={day!r} is not a date (YYYY-MM-DD)") from None
+        sub = frame[(frame["window_start"] >= start) & (frame["window_start"] < start + pd.Timedelta(days=1))]
+        if sub.empty:
+            days = sorted(frame["window_start"].dt.strftime("%Y-%m-%d").unique())
+            _fail(f"no windows on {start:%Y-%m-%d}; days with windows: {days}")
+        click.echo(render_day(sub, output, f"Partner statistics, {start:%Y-%m-%d} (UTC)"))
+        return
     ws = pd.Timestamp(window) if window else frame["window_start"].max()
     sub = frame[frame["window_start"] == ws]
     if sub.empty:
-        _fail(f"no cells for window {ws}; windows: {sorted(frame['window_start'].astype(str).unique())}")
+        _fail(f"no regions for window {ws}; windows: {sorted(frame['window_start'].astype(str).unique())}")
     click.echo(render_cells(sub, output, f"Partner statistics, window {ws:%Y-%m-%d %H:%M} UTC"))
 
 

@@ -51,8 +51,8 @@ class Rules:
             kanon=KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
                               coarsest_resolution=settings.h3_coarsest_resolution),
             group_by=validate_group_by(tuple(f.strip() for f in settings.connection_group_by.split(",") if f.strip())),
-            dp=DPParams(epsilon=settings.dp_epsilon, max_cells_per_user=settings.dp_max_cells_per_user)
-            if settings.dp_epsilon else None,
+            dp=DPParams(epsilon=settings.dp_epsilon, max_cells_per_user=settings.dp_max_cells_per_user,
+                        delta=settings.dp_delta, resolution=settings.dp_resolution) if settings.dp_epsilon else None,
             secret=secret,
             pseudonyms=Pseudonymizer(secret, settings.pseudonym_rotation_s),
             inactivity=InactivityParams(inactive_s=settings.inactivity_days * DAY_S,

@@ -37,9 +37,15 @@ class Settings(BaseSettings):
     broker_heap: str = "768m"
 
     # Ingestion
-    max_message_bytes: int = Field(64 * 1024, ge=256)
+    # At most 512 KiB: an accepted ping travels on to crossing-cells with its raw bytes (base64, for a
+    # late ping's dead letter), and that message must stay under the producer's 1 MB request limit.
+    max_message_bytes: int = Field(64 * 1024, ge=256, le=512 * 1024)
     max_future_skew_s: float = Field(300.0, ge=0)
     consent_max_age_months: int = Field(13, ge=1, le=13)
+
+    # Poison messages and producer errors (streams.plumbing.deadletters, streams.plumbing.outbox)
+    dead_letter_prefix_bytes: int = Field(4096, ge=0, le=64 * 1024)  # of key and value; beyond: size + SHA-256
+    send_retry_s: float = Field(30.0, ge=0)  # a send failing transiently is retried this long, then quarantined
 
     # Crossings
     crossing_distance_m: float = _CROSSING.distance_m
@@ -62,9 +68,14 @@ class Settings(BaseSettings):
     pseudonym_rotation_s: int = 86400
     dp_epsilon: float | None = None
     dp_max_cells_per_user: int = 4
+    dp_delta: float = 1e-6  # at most anonymizers.dp.MAX_DELTA: the worker refuses more
+    dp_resolution: int = Field(7, ge=0, le=15)  # H3 resolution of noisy cells (fixed, data-independent)
 
     # Retention
-    raw_retention_hours: int = 72
+    # Every record of the raw input and internal topics is gone from the broker within this many hours
+    # of being written (retention + segment roll + the broker's retention check: streams/topics.py).
+    raw_lifetime_hours: int = Field(24, ge=1)
+    broker_retention_check_ms: int = Field(300_000, ge=1000)  # the cluster's log.retention.check.interval.ms
     crossings_retention_days: int = Field(30, ge=1)  # also bounds who-met-whom state (pair stage)
     stats_retention_days: int = 25 * 31
     inactivity_days: int = 3 * 365

@@ -20,8 +20,11 @@ Usage::
     async def ingest(tp, records):    # aiokafka ConsumerRecords of one partition, in offset order
         ...
 
-A handler must not raise for bad data (quarantine it instead); an exception stops the worker,
-as an exception in a Faust agent does.
+A handler must not raise for bad data (quarantine it instead). If one raises all the same, the
+batch goes to the app's `_batch_quarantine(tp, records, exc)` (streams.plumbing.deadletters:
+each record dead-lettered with its position) and the stage goes on; only if that fails too (the
+broker unreachable for longer than the send retries) does the exception stop the worker, as an
+exception in a Faust agent does, and a restart resumes from the last commit.
 
 The same consumer restores tables faster: while Faust recovers tables after a start or a
 rebalance, fetched changelog records are applied to the tables' stores in bulk
@@ -34,11 +37,13 @@ in `with processing(tp, record):` so table writes land on that record's partitio
 from __future__ import annotations
 
 import gc
+import logging
 import time
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +57,10 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 Handler = Callable[[TP, list[Any]], Awaitable[None]]
+log = logging.getLogger(__name__)
+
+# The input batch a handler is working on: what is quarantined when its output cannot be sent.
+current_batch: ContextVar[tuple[TP, list[Any]] | None] = ContextVar("current_batch", default=None)
 
 
 # How long the broker may hold a fetch that finds no new data. Faust asks for 1.5 s. A worker
@@ -127,7 +136,7 @@ class BatchConsumer(AIOKafkaConsumer):
                 if not batch:
                     continue
             t0 = time.perf_counter()
-            await handlers[tp.topic](tp, batch)
+            await self._handle(handlers[tp.topic], tp, batch)
             self._handled[tp] = (generation, batch[-1].offset + 1)
             await self._ack_batch(tp, batch)
             stage = stats[tp.topic]
@@ -135,6 +144,21 @@ class BatchConsumer(AIOKafkaConsumer):
             stage.calls += 1
             stage.records += len(batch)
         return records, active
+
+    async def _handle(self, handler: Handler, tp: TP, batch: list[Any]) -> None:
+        """handler(tp, batch); if it raises, the batch is quarantined (the app's _batch_quarantine) instead."""
+        token = current_batch.set((tp, batch))
+        try:
+            await handler(tp, batch)
+        except Exception as exc:
+            fallback = getattr(self.app, "_batch_quarantine", None)
+            if fallback is None:
+                raise
+            log.exception("%s[%d]: the stage failed on offsets %d..%d; quarantining them", tp.topic, tp.partition,
+                          batch[0].offset, batch[-1].offset)
+            await fallback(tp, batch, exc)  # if this fails too (broker away), the worker stops
+        finally:
+            current_batch.reset(token)
 
     def _recover_in_bulk(self, records: dict) -> int:
         """Apply fetched changelog records of tables being recovered straight to their stores.

@@ -1,25 +1,90 @@
-"""Sending: one message per destination partition and batch, record batches, progress markers."""
+"""Sending: one message per destination partition and batch, record batches, progress markers.
+
+Every send goes through `send` or `send_many`, which never let a producer error stop a stage for
+good: a transient error (the broker briefly unavailable, the producer's buffer full) is retried
+with a bounded backoff for `settings.send_retry_s`; a message that can never be sent (larger than
+the producer or the topic accepts) or still failing after that raises `Undeliverable` at once, and
+the caller quarantines the input that produced it (`Outbox.flush` does it itself). Errors the
+broker returns after the producer took a message surface only in its delivery future (Faust's
+flush before a commit waits for those futures but ignores their errors): `watch` sees them and
+quarantines the input positions given, so that the loss is visible in `dead-letters`.
+"""
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import math
+import time
 import zlib
+from collections.abc import Awaitable, Callable
 
 import faust
 import orjson
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 
 from schemas.batches import encode_batches
-from streams.app import P, app
+from streams.app import P, app, settings
+from streams.plumbing.bulk import current_batch
+
+log = logging.getLogger(__name__)
+
+Position = tuple[str, int, int]  # (topic, partition, offset) of an input message
+Sources = Callable[[], list[Position]]  # computed only when needed: after a failure
+MAX_BACKOFF_S = 5.0
 
 
-async def send(topic: faust.TopicT, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-    """Hand one message to the producer directly.
+class Undeliverable(Exception):
+    """A message the producer refused, or that kept failing for `settings.send_retry_s`."""
+
+    def __init__(self, topic: str, size: int, cause: BaseException) -> None:
+        super().__init__(f"could not send a {size}-byte message to {topic}: {type(cause).__name__}: {cause}")
+        self.topic, self.size, self.cause = topic, size, cause
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The Kafka error inside Faust's ProducerSendError."""
+    return exc.__cause__ if isinstance(exc, ProducerSendError) and exc.__cause__ is not None else exc
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a producer error may go away by itself (retry), rather than never (quarantine)."""
+    exc = _unwrapped(exc)
+    if isinstance(exc, MessageSizeTooLargeError):
+        return False
+    # KafkaTimeoutError: no metadata or no room in the producer's buffer in time (broker away).
+    return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError)) or (isinstance(exc, KafkaError) and exc.retriable)
+
+
+async def _retrying(topic: str, size: int, attempt: Callable[[], Awaitable]):
+    """await attempt(), retrying transient producer errors with backoff for at most send_retry_s."""
+    deadline = time.monotonic() + settings.send_retry_s
+    delay = 0.1
+    while True:
+        try:
+            return await attempt()
+        except (KafkaError, ProducerSendError) as exc:
+            if not transient(exc) or time.monotonic() + delay > deadline:
+                raise Undeliverable(topic, size, _unwrapped(exc)) from exc
+            log.warning("sending to %s failed (%s); retrying in %.1f s", topic, _unwrapped(exc), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+async def send(topic: faust.TopicT | str, key: bytes | None, value: bytes | None, partition: int | None = None,
+               sources: Sources | None = None) -> None:
+    """Hand one message to the producer directly; Undeliverable if it cannot be sent.
 
     Same producer, so Faust's commit still flushes it before committing the offsets of the
     input that caused it (at-least-once unchanged), without the ~30 µs of bookkeeping per
     message of `topic.send` (a FutureMessage, send signals, a callback per acknowledgement).
+    `sources`: the input positions to quarantine if the broker refuses it after all (watch).
     """
-    await app.producer.send(topic.get_topic_name(), key, value, partition, None, None)
+    name = topic if isinstance(topic, str) else topic.get_topic_name()
+    size = len(key or b"") + len(value or b"")
+    future = await _retrying(name, size, lambda: app.producer.send(name, key, value, partition, None, None))
+    watch(future, name, size, sources)
 
 
 async def send_many(topic: faust.TopicT | str, messages: list[tuple[bytes | None, bytes | None, int]]) -> None:
@@ -27,23 +92,69 @@ async def send_many(topic: faust.TopicT | str, messages: list[tuple[bytes | None
 
     aiokafka's public batch API: ~1.5 µs per message instead of ~10 µs through send(), which
     checks the topic's metadata and makes a future for every message. Same producer, so Faust's
-    commit still waits for these batches before committing the input offsets.
+    commit still waits for these batches before committing the input offsets. Undeliverable if
+    a batch cannot be handed over; a batch the broker refuses later quarantines the input batch.
     """
     producer = app.producer._ensure_producer()
     name = topic if isinstance(topic, str) else topic.get_topic_name()
     open_batches: dict[int, object] = {}
+
+    async def submit(batch, partition: int) -> None:
+        batch.close()  # closed: ready to go without waiting for the producer's linger
+        size = batch.size()
+        future = await _retrying(name, size, lambda: producer.send_batch(batch, name, partition=partition))
+        watch(future, name, size, None)
+
     for key, value, partition in messages:
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = producer.create_batch()
         if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-            batch.close()
-            await producer.send_batch(batch, name, partition=partition)
+            await submit(batch, partition)
             batch = open_batches[partition] = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None)
+            batch.append(key=key, value=value, timestamp=None)  # the first record of a batch always fits
     for partition, batch in open_batches.items():
-        batch.close()  # closed: ready to go without waiting for the producer's linger
-        await producer.send_batch(batch, name, partition=partition)
+        await submit(batch, partition)
+
+
+def batch_positions() -> Sources:
+    """The positions of the input batch being handled now (streams.plumbing.bulk); none outside one."""
+    current = current_batch.get()
+    if current is None:
+        return list
+    tp, records = current
+    return lambda: [(tp.topic, tp.partition, record.offset) for record in records]
+
+
+class _Deliveries:
+    """Delivery futures whose failure must be seen: the broker refused a message the producer took."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.on_failure: Callable[[list[Position], str], Awaitable[None]] | None = None  # set by deadletters
+
+    def watch(self, future, topic: str, size: int, sources: Sources | None) -> None:
+        """Quarantine `sources` (default: the input batch being handled) if `future` fails."""
+        if isinstance(future, asyncio.Future):
+            future.add_done_callback(functools.partial(self._done, topic, size, sources or batch_positions()))
+
+    def _done(self, topic: str, size: int, sources: Sources, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        self.failed += 1
+        exc = future.exception()
+        positions = sources()
+        log.error("the broker refused a %d-byte message to %s (%s: %s); quarantining %d input message(s)",
+                  size, topic, type(exc).__name__, exc, len(positions))
+        if self.on_failure is not None and positions:
+            task = asyncio.ensure_future(self.on_failure(positions, f"{topic}: {type(exc).__name__}: {exc}"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+deliveries = _Deliveries()
+watch = deliveries.watch
 
 
 async def send_to_every_partition(topic: faust.TopicT, key: bytes, value: bytes) -> int:
@@ -108,11 +219,15 @@ class ProgressMarkers:
             self._progress[slot] = progress
 
     async def announce(self) -> None:
-        """Send each input partition's new progress to every partition of its stages."""
+        """Send each input partition's new progress to every partition of its stages (again next time if that fails)."""
         for slot, progress in list(self._progress.items()):
             if progress > self._announced.get(slot, -math.inf):
                 topic, *src = slot
-                await send_to_every_partition(topic, b"progress", orjson.dumps({"src": src, "progress": progress}))
+                try:
+                    await send_to_every_partition(topic, b"progress", orjson.dumps({"src": src, "progress": progress}))
+                except Undeliverable:
+                    log.exception("progress of %s not announced; trying again at the next tick", src)
+                    return
                 self._announced[slot] = progress
 
 
@@ -152,6 +267,11 @@ class Outbox:
         self.progress = -math.inf
         self.progress_to = progress_to
 
+    def _sources(self, data: bytes) -> list[Position]:
+        """Input positions of the records in one encoded batch message."""
+        topic, partition = self.src
+        return [(topic, partition, o) for o in orjson.loads(data)["o"] if o is not None]
+
     def add(self, topic: faust.TopicT, key: str, offset: int | None, **fields) -> None:
         """Queue one record for `topic`, placed by its key (key_partition)."""
         dest = (topic, key_partition(key))
@@ -173,10 +293,20 @@ class Outbox:
                 current[name].extend(values)
 
     async def flush(self) -> None:
-        """Send every queued record, one message per topic-partition (more if it would be too large)."""
+        """Send every queued record, one message per topic-partition (more if it would be too large).
+
+        A message that cannot be sent quarantines the inputs it came from (the batch's "src" and
+        "o"; without those, the input batch being handled) and the others still go.
+        """
         for (topic, partition), columns in self.items.items():
             for data in encode_batches(columns, {"src": self.src}):
-                await send(topic, b"batch", data, partition)
+                sources = functools.partial(self._sources, data) if self.src[0] is not None else batch_positions()
+                try:
+                    await send(topic, b"batch", data, partition, sources=sources)
+                except Undeliverable as exc:
+                    if deliveries.on_failure is None:
+                        raise
+                    await deliveries.on_failure(sources(), str(exc))
         self.items.clear()
         if self.progress > -math.inf:  # only now: a marker must never overtake the records before it
             for topic in self.progress_to:

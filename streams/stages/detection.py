@@ -9,6 +9,7 @@ purge removed to the erasure reports.
 """
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import time
@@ -19,7 +20,6 @@ import orjson
 
 from geo.crossings import CellDetector, LateFix, PairCooldown
 from geo.resume import ReplayLog, ResumePoint, choose, progress_of, remember, restore_progress
-from schemas.outputs import b64
 from schemas.timefmt import format_ts
 from streams.app import app, crossing_cells, crossing_pairs, resume_table, settings
 from streams.plumbing.bulk import batch_agent
@@ -176,7 +176,9 @@ async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bo
     for i, result in enumerate(results):
         if isinstance(result, LateFix):
             if emit and homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
-                await late(crossing_cells, p, [*srcs[i], body["o"][i]], b64(users[i].encode()), body["raw"][i],
+                raw = body["raw"][i]
+                await late(crossing_cells, p, [*srcs[i], body["o"][i]], users[i].encode(),
+                           None if raw is None else base64.b64decode(raw),
                            f"ping ts={format_ts(result.fix.ts)} arrived after the crossing detector's "
                            f"watermark {format_ts(result.watermark)} (allowed lateness "
                            f"{detector.params.lateness_s:.0f} s); it was not used for crossings")

@@ -31,6 +31,7 @@ from streams.plumbing.partitioner import partitions_for
 from streams.plumbing.bulk import processing
 from streams.plumbing.deadletters import each_guarded
 from streams.rules import rules
+from streams.topics import erasure_horizons
 from streams.stages.users import users
 
 _PURGE_TOPICS: Mapping[PurgeTarget, faust.TopicT] = MappingProxyType({
@@ -183,11 +184,17 @@ async def _receipt_one(event: faust.EventT) -> None:
     else:
         receipt_table.pop(user, None)  # a tombstone in the changelog
         receipt_table[done] = receipt.requested_at
+        completed = time.time()
+        gone_by = {topic: completed + ms / 1000 for topic, ms in erasure_horizons(settings).items()}
         await erasure_receipts.send(key=user.encode(), value=_json({
             "user_id": user, "reason": receipt.reason, "requested_at": format_ts(receipt.requested_at),
-            "completed_at": format_ts(time.time()), "purged": receipt.purged,
+            "completed_at": format_ts(completed), "purged": receipt.purged,
             "tombstones": [settings.topic("consents"), *map(changelog_topic_name, ERASURE_TOMBSTONED_TABLES)],
-            "retraction_sent": True}))
+            "retraction_sent": True,
+            # Every copy of what the pipeline held about the user is off the broker by then (the
+            # topics' declared lifetimes, streams/topics.py), this receipt excepted.
+            "all_copies_gone_by": format_ts(max(gone_by.values())),
+            "copies_gone_by": {topic: format_ts(t) for topic, t in sorted(gone_by.items())}}))
 
 
 def _json(obj) -> bytes:

@@ -3,9 +3,9 @@
 Consumes stats-cells (partner-sharing pings by coarse H3 region, pseudonymized) and
 stats-connections (reduced connection logs, one key), with purge requests and progress markers.
 Asks the core: anonymizers.windows (tumbling event-time windows of distinct members, via the
-table-backed adapter), anonymizers.kanon (H3 generalization, group thresholds) or
-anonymizers.dp (noisy cells). Emits partner-statistics and connection-statistics rows when a
-window closes, dead letters for events whose window had closed, and purge reports.
+table-backed adapter), anonymizers.regions (disjoint H3 regions of >= k users), anonymizers.kanon
+(group thresholds) or anonymizers.dp (noisy cells). Emits partner-statistics and connection-statistics
+rows when a window closes, dead letters for events whose window had closed, and purge reports.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 import orjson
 
 from anonymizers.dp import publish_noisy_cells
-from anonymizers.kanon import generalize_cells, publish_groups
+from anonymizers.kanon import publish_groups
+from anonymizers.regions import RegionCount, publish_regions
 from schemas.outputs import ConnectionStat, LocationStat
 from schemas.timefmt import format_ts
 from streams.app import (P, app, connection_members, connection_published, connection_statistics, location_members,
@@ -76,13 +77,15 @@ async def _window_one(tp, record, stage, windows: TableBackedWindows, purged: st
 async def _publish_locations(window) -> None:
     r = rules()
     if r.dp is None:
-        rows = generalize_cells(window.members, r.kanon)
+        rows = publish_regions(window.members, r.kanon)
     else:
-        rows = publish_noisy_cells(window.members, r.dp, r.kanon.k, np.random.default_rng())
+        rows = [RegionCount(c.cell, c.cell, c.resolution, (c.cell,), c.users)
+                for c in publish_noisy_cells(window.members, r.dp, r.kanon.k, np.random.default_rng())]
     for row in rows:
-        await partner_statistics.send(key=f"{format_ts(window.start)}|{row.cell}".encode(), value=LocationStat(
-            window_start=format_ts(window.start), window_end=format_ts(window.end), cell=row.cell,
-            resolution=row.resolution, users=row.users, k=r.kanon.k, noisy=r.dp is not None).to_bytes())
+        await partner_statistics.send(key=f"{format_ts(window.start)}|{row.region}".encode(), value=LocationStat(
+            window_start=format_ts(window.start), window_end=format_ts(window.end), region=row.region,
+            cell=row.cell, resolution=row.resolution, members=list(row.members), users=row.users, k=r.kanon.k,
+            noisy=r.dp is not None).to_bytes())
 
 
 async def _publish_connections(window) -> None:

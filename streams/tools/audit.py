@@ -12,6 +12,7 @@ from kafka.admin import KafkaAdminClient
 from anonymizers.pseudonym import Pseudonymizer
 from anonymizers.retention import erasure_tag
 from anonymizers.windows import recent_windows
+from schemas.timefmt import format_ts
 from streams.tools.kafkaio import read_topic
 from streams.settings import Settings, pseudonym_secret
 
@@ -79,10 +80,11 @@ def audit_user(settings: Settings, user_id: str, worker_urls: tuple[str, ...] = 
         admin.close()
     receipts = settings.topic("erasure-receipts")
     tag = erasure_tag(pseudonym_secret(settings), user_id).encode()
+    lifetimes = _lifetimes_ms(settings)
     for name in names:
         compacted = "compact" in configs.get(name, "") or name.endswith("-changelog")
         latest: dict[bytes | None, bytes | None] = {}
-        occurrences = 0
+        occurrences, newest_ms = 0, 0
         for rec in read_topic(settings.bootstrap_servers, name):
             if compacted:
                 latest[rec.key] = rec.value
@@ -90,12 +92,15 @@ def audit_user(settings: Settings, user_id: str, worker_urls: tuple[str, ...] = 
                     report.expected.append(f"{name}: keyed erasure marker (not reversible without the secret)")
             elif _hit(patterns, rec.key, rec.value, *_embedded(rec.value)):
                 occurrences += 1
+                newest_ms = max(newest_ms, rec.timestamp)
         if compacted:
             live = sum(1 for k, v in latest.items() if v is not None and _hit(patterns, k, v))
             if live:
                 report.state.append(f"{name}: {live} live record(s) (compacted/changelog: state)")
         elif occurrences:
             line = f"{name}: {occurrences} record(s)"
+            if name in lifetimes:  # the newest one's write time (the broker's) + the topic's lifetime
+                line += f", the last gone by {format_ts((newest_ms + lifetimes[name]) / 1000)}"
             if name == receipts:
                 report.expected.append(line + " (erasure receipts, kept as proof)")
             else:
@@ -107,6 +112,14 @@ def audit_user(settings: Settings, user_id: str, worker_urls: tuple[str, ...] = 
         for what, n in found.items():
             report.state.append(f"worker {url} memory: {what} = {n}")
     return report
+
+
+def _lifetimes_ms(settings: Settings) -> dict[str, int]:
+    """The declared lifetime of each append-only topic (full names), ms: how long a record stays after its write."""
+    from streams.topics import topic_specs
+
+    check = settings.broker_retention_check_ms
+    return {settings.topic(spec.name): spec.lifetime_ms(check) for spec in topic_specs(settings) if not spec.compacted}
 
 
 def _cleanup_policies(admin: KafkaAdminClient, names: list[str]) -> dict[str, str]:

@@ -10,7 +10,12 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+from anonymizers.kanon import KAnonParams
+from anonymizers.regions import RegionCount
+from anonymizers.utility import measure_utility
+from schemas.timefmt import format_ts
 from streams.tools.report import dead_letter_reasons, format_counters, read_counters
+from streams.tools.simulator import SimulationParams, partner_memberships
 from streams.settings import Settings
 from streams.topics import create_topics
 
@@ -76,6 +81,43 @@ def wait_for_counters(settings: Settings, expected: dict[str, int], timeout_s: f
     return False
 
 
+# Every topic the worker's consumer group reads: inputs and the stages in between.
+PIPELINE_TOPICS = ("consents", "geo-pings", "connection-logs", "crossing-cells", "crossing-pairs", "stats-cells",
+                   "stats-connections", "erasure-reports")
+
+
+def wait_for_drain(settings: Settings, timeout_s: float, quiet_s: float = 3.0) -> bool:
+    """Wait until the worker's consumer group has no lag on any input or internal topic for quiet_s.
+
+    No lag once is not enough: a stage sends progress markers once a second after the records that
+    made them, so the group must stay without lag for a few seconds before the outputs are final.
+    Returns False, having said which topics still lag, if that does not happen within timeout_s.
+    """
+    from streams.tools.kafkaio import group_lag
+
+    topics = [settings.topic(name) for name in PIPELINE_TOPICS]
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while True:
+        lag = group_lag(settings.bootstrap_servers, settings.app_id, topics)
+        behind = {t.removeprefix(settings.topic_prefix): n for t, n in lag.items() if n}
+        now = time.monotonic()
+        if not behind:
+            quiet_since = quiet_since or now
+            if now - quiet_since >= quiet_s:
+                print(file=sys.stderr)
+                return True
+        else:
+            quiet_since = None
+        print(f"\r  waiting for every stage to drain: {sum(behind.values())} messages behind  ", end="",
+              file=sys.stderr, flush=True)
+        if behind and now > deadline:
+            print(f"\nTimed out after {timeout_s:.0f} s waiting for the stages to drain; still behind: "
+                  + ", ".join(f"{t} {n}" for t, n in sorted(behind.items())))
+            return False
+        time.sleep(1)
+
+
 def run_demo(settings: Settings, users: int, hours: float, seed: int, timeout_s: float, simulate) -> None:
     """Run the whole pipeline once on a fresh set of topics and print what came out."""
     run = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -87,13 +129,17 @@ def run_demo(settings: Settings, users: int, hours: float, seed: int, timeout_s:
     proc = start_worker(settings, settings.web_port, log)
     print(f"Worker running (pid {proc.pid}, web http://127.0.0.1:{settings.web_port}/counters/, log {log})")
     try:
-        produced = simulate(settings, users, hours, seed, 0.01, None)
+        start = (int(time.time()) // 60) * 60 - hours * 3600  # as `crosspaths simulate` picks it
+        produced = simulate(settings, users, hours, seed, 0.01, format_ts(start))
         print("Produced " + ", ".join(f"{n} {t}" for t, n in produced.items()))
+        started = time.monotonic()
         if not wait_for_counters(settings, produced, timeout_s):
             print(f"Timed out after {timeout_s:.0f} s waiting for the worker; partial results below.")
-        time.sleep(3)  # let downstream stages flush
+        elif not wait_for_drain(settings, max(30.0, timeout_s - (time.monotonic() - started))):
+            print("Partial results below: some stages had not caught up (the check may say DIFFERENT).")
         print_summary(settings)
-        print_outputs(settings)
+        print_outputs(settings, SimulationParams(users=users, hours=hours, start=start, seed=seed,
+                                                 malformed_share=0.01))
     finally:
         stop_worker(proc)
     print(f"\nExplore this run with: CROSSPATHS_TOPIC_PREFIX={settings.topic_prefix} "
@@ -110,8 +156,8 @@ def print_summary(settings: Settings) -> None:
         print(f"  {topic:<16} {reason:<22} {n}")
 
 
-def print_outputs(settings: Settings) -> None:
-    """Crossings and statistics that came out, for a person."""
+def print_outputs(settings: Settings, simulated: SimulationParams | None = None) -> None:
+    """Crossings and statistics that came out, for a person (with the map's utility if `simulated` is given)."""
     from streams.tools.report import (check_crossings, current_crossings, format_crossing_check, read_crossings,
                                 read_statistics)
 
@@ -129,11 +175,21 @@ def print_outputs(settings: Settings) -> None:
     print("  checked against the batch detector (crosspaths crossings verify):")
     print("  " + format_crossing_check(check_crossings(settings, records)).replace("\n", "\n  "))
     loc = read_statistics(settings, "partner-statistics")
-    print(f"\n== Partner statistics (k = {settings.k}): {len(loc)} published cells ==")
+    print(f"\n== Partner statistics (k = {settings.k}): {len(loc)} published regions ==")
     if not loc.empty:
+        memberships = {} if simulated is None else partner_memberships(
+            simulated, KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
+                                   coarsest_resolution=settings.h3_coarsest_resolution),
+            settings.stats_window_s, settings.stats_lateness_s)
         for ws, sub in loc.groupby("window_start"):
-            print(f"  window {ws:%Y-%m-%d %H:%M}: {len(sub)} cells, users per cell {sub['users'].min()}-"
+            print(f"  window {ws:%Y-%m-%d %H:%M}: {len(sub)} regions, users per region {sub['users'].min()}-"
                   f"{sub['users'].max()}, resolutions {sorted(sub['resolution'].unique().tolist())}")
+            if simulated is not None:
+                regions = [RegionCount(r.region, r.cell, int(r.resolution), tuple(r.members), int(r.users))
+                           for r in sub.itertuples()]
+                window = memberships.get(ws.timestamp(), {})
+                print(f"    utility against the simulator's opted-in memberships: "
+                      f"{measure_utility(regions, window).line(settings.k)}")
     conn = read_statistics(settings, "connection-statistics")
     print(f"\n== Connection statistics (k = {settings.k}): {len(conn)} published groups ==")
     if not conn.empty:

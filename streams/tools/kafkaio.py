@@ -46,3 +46,28 @@ def latest_by_key(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
 def read_json(bootstrap: str, topic: str) -> list[dict]:
     """Every record of `topic` parsed as JSON (tombstones skipped)."""
     return [json.loads(r.value) for r in read_topic(bootstrap, topic) if r.value is not None]
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+    """Messages of each topic not yet committed by consumer group `group` (end offset minus committed).
+
+    Committed offsets are read before the end offsets, so a record appended in between counts as
+    lag: zero means every record up to the end was handled (Faust commits only after flushing
+    what the handling sent). A partition the group never committed counts from offset 0.
+    """
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="crosspaths-lag")
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, client_id="crosspaths-lag")
+    try:
+        committed = admin.list_group_offsets(group).get(group, {})
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        end = consumer.end_offsets(tps) if tps else {}
+        lag = dict.fromkeys(topics, 0)
+        for tp in tps:
+            done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
+            lag[tp.topic] += max(0, end[tp] - done)
+        return lag
+    finally:
+        consumer.close()
+        admin.close()

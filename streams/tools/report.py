@@ -102,13 +102,30 @@ def read_crossings(settings: Settings) -> list[dict]:
 
 
 def read_statistics(settings: Settings, name: str):
-    """A statistics topic as a pandas DataFrame, one row per published record (deduplicated by key)."""
-    import pandas as pd
+    """A statistics topic as a pandas DataFrame, one row per published record (deduplicated by key).
 
+    partner-statistics rows have `region`, `cell`, `resolution` and `members` (a list of H3 cells);
+    rows written before regions existed read as single-cell regions.
+    """
     rows = {}
     for rec in read_topic_records(settings, name):
         rows[rec.key] = json.loads(rec.value)
-    frame = pd.DataFrame(list(rows.values()))
+    return statistics_frame(list(rows.values()))
+
+
+def statistics_frame(records: list[dict]):
+    """Published statistics records as a DataFrame sorted by window and users (see read_statistics)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(records)
+    if not frame.empty and "cell" in frame.columns:
+        # Rows written before regions (issue 19) are single cells.
+        if "region" not in frame.columns:
+            frame["region"] = frame["cell"]
+        if "members" not in frame.columns:
+            frame["members"] = None
+        frame["region"] = frame["region"].fillna(frame["cell"])
+        frame["members"] = [m if isinstance(m, list) else [c] for m, c in zip(frame["members"], frame["cell"])]
     if not frame.empty:
         for col in ("window_start", "window_end"):
             frame[col] = pd.to_datetime(frame[col], utc=True)

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from anonymizers.kanon import KAnonParams
 from schemas.timefmt import format_ts
 
 # Paris, inside the Périphérique.
@@ -209,3 +210,51 @@ def simulate_city(params: SimulationParams) -> Iterator[tuple[str, bytes, bytes 
 def count_messages(params: SimulationParams) -> int:
     """How many messages simulate_city(params) yields (runs the generator)."""
     return sum(1 for _ in simulate_city(params))
+
+
+def partner_memberships(params: SimulationParams, kanon: KAnonParams, window_s: int = 3600,
+                        lateness_s: int = 300) -> dict[float, dict[str, set[str]]]:
+    """The simulated city's partner-statistics windows: window start -> base cell -> user ids.
+
+    Replays simulate_city(params) in event-time order through the core's rules (decode, last-writer-
+    wins consent, ping destinations); a withdrawal or deletion takes the user out of the windows
+    still open (end + lateness after it). What the worker would count, give or take the order in
+    which it happens to process a consent and the pings around it.
+    """
+    from anonymizers.consent import Consent, ConsentOutcome, PurposeSchedule, decide_consent
+    from anonymizers.destinations import ping_destinations
+    from schemas.events import Rejection, decode
+
+    consents: dict[str, Consent] = {}
+    erased: set[str] = set()
+    windows: dict[float, dict[str, set[str]]] = {}
+    for topic, key, value in simulate_city(params):
+        if topic == "consents":
+            record = decode("consent", value, key=key)
+            if isinstance(record, Rejection):
+                continue
+            consent = Consent(user_id=record.user_id, updated_at=record.updated_at, geolocation=record.geolocation,
+                              crossings=record.crossings, partner_sharing=record.partner_sharing,
+                              deleted=record.deleted)
+            change = decide_consent(consents.get(record.user_id), consent, record.user_id in erased)
+            if change.outcome is ConsentOutcome.ERASE:
+                erased.add(record.user_id)
+                consents.pop(record.user_id, None)
+            elif change.outcome is ConsentOutcome.RECORD:
+                consents[record.user_id] = consent
+            if change.outcome is ConsentOutcome.ERASE or (change.outcome is ConsentOutcome.RECORD
+                                                          and not (consent.partner_sharing and consent.geolocation)):
+                for start, cells in windows.items():
+                    if start + window_s + lateness_s > consent.updated_at:
+                        for users in cells.values():
+                            users.discard(record.user_id)
+        elif topic == "geo-pings":
+            ping = decode("ping", value, key=key)
+            if isinstance(ping, Rejection) or ping.user_id in erased:
+                continue
+            schedule = PurposeSchedule.of(consents.get(ping.user_id))
+            where = ping_destinations(schedule, ping.ts, ping.lat, ping.lon, None, kanon)
+            if where.partner_cell is not None:
+                start = ping.ts - ping.ts % window_s
+                windows.setdefault(start, {}).setdefault(where.partner_cell, set()).add(ping.user_id)
+    return {start: {c: u for c, u in cells.items() if u} for start, cells in sorted(windows.items())}

@@ -7,10 +7,11 @@ import time
 import pytest
 from kafka.partitioner.default import murmur2
 
-from schemas.timefmt import format_ts
+from schemas.timefmt import format_ts, parse_ts
 from streams.tools.audit import audit_user
 from streams.tools.kafkaio import latest_by_key
 from streams.tools.report import read_counters
+from streams.topics import erasure_horizons
 from tests.e2e.helpers import consume_all, producer, running_workers, send_json, wait_received
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +67,14 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
         assert purged["detector_pings"] >= 5 and purged["crossing_pairs"] == 1
         assert purged["location_memberships"] >= 1 and purged["connection_memberships"] >= 1
         assert receipts[0][1]["reason"] == "account_deleted"
+        # The receipt says when the last copy is gone: the slowest topic's declared lifetime after it.
+        receipt = receipts[0][1]
+        horizons = erasure_horizons(s)
+        completed = parse_ts(receipt["completed_at"])
+        assert parse_ts(receipt["all_copies_gone_by"]) == pytest.approx(completed + max(horizons.values()) / 1000, abs=0.01)
+        assert {t: parse_ts(v) - completed for t, v in receipt["copies_gone_by"].items()} == pytest.approx(
+            {t: ms / 1000 for t, ms in horizons.items()}, abs=0.01)
+        assert parse_ts(receipt["copies_gone_by"][s.topic("geo-pings")]) - completed <= 24 * 3600
         # The draft was kept in a changelogged table until the receipt was out (a restarted worker
         # would still complete it), then tombstoned: the changelog keeps no live trace of alice,
         # only a done marker under her keyed hash.
@@ -107,6 +116,10 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
         after = audit_user(s, "alice", (url,))
         assert after.clean, after.state
         assert any("erasure receipts" in line for line in after.expected)
+        # Each append-only topic still holding alice says when its last record of her is gone.
+        pings_line = next(line for line in after.logs if line.startswith(s.topic("geo-pings") + ":"))
+        gone_by = parse_ts(pings_line.split("the last gone by ")[1].split(" ")[0])
+        assert time.time() < gone_by <= time.time() + 24 * 3600
 
 
 def _partition(user: str, partitions: int) -> int:

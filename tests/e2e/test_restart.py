@@ -11,7 +11,8 @@ import h3
 import numpy as np
 import pytest
 
-from anonymizers.kanon import KAnonParams, generalize_cells
+from anonymizers.kanon import KAnonParams
+from anonymizers.regions import publish_regions
 from anonymizers.windows import window_start
 from geo.crossings import CrossingParams
 from geo.oracle import brute_force_pairs
@@ -88,9 +89,9 @@ def test_window_state_is_restored_and_published_once(pipeline_settings):
     by_cell: dict[str, set] = {}
     for d in pings:
         by_cell.setdefault(h3.latlng_to_cell(d["lat"], d["lon"], params.base_resolution), set()).add(d["user_id"])
-    expected = {(r.cell, r.users) for r in generalize_cells(by_cell, params)}
+    expected = {(r.region, r.users) for r in publish_regions(by_cell, params)}
     assert expected
-    assert {(r["cell"], r["users"]) for r in rows} == expected, "state lost or doubled across the restart"
+    assert {(r["region"], r["users"]) for r in rows} == expected, "state lost or doubled across the restart"
     assert len(again) == len(rows), "a published window came out again after a restart"
 
 

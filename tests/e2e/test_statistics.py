@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from anonymizers.connection import group_key, reduce_connection
-from anonymizers.kanon import KAnonParams, generalize_cells, publish_groups
+from anonymizers.differencing import PublishedArea, find_isolations
+from anonymizers.kanon import KAnonParams, publish_groups
+from anonymizers.regions import publish_regions
 from anonymizers.windows import window_start
 from schemas.timefmt import format_ts
 from tests.e2e.helpers import consume_all, producer, running_workers, send_json, wait_received
@@ -79,18 +81,28 @@ def test_partner_and_connection_statistics(pipeline_settings):
     for d in pings:
         if d["user_id"] in opted:
             users_by_cell.setdefault(h3.latlng_to_cell(d["lat"], d["lon"], params.base_resolution), set()).add(d["user_id"])
-    expected = {(r.cell, r.users) for r in generalize_cells(users_by_cell, params)}
+    expected = {(r.region, r.cell, r.resolution, r.members, r.users) for r in publish_regions(users_by_cell, params)}
     assert expected, "the workload must publish something"
-    assert {(r["cell"], r["users"]) for r in loc} == expected
+    assert {(r["region"], r["cell"], r["resolution"], tuple(r["members"]), r["users"]) for r in loc} == expected
+    assert any(len(r["members"]) > 1 for r in loc), "the workload must publish a remainder region"
+    # Independent of the rule: counts >= k and exact, regions disjoint, inside their cell.
+    owner: dict[str, str] = {}
     for r in loc:
         assert r["users"] >= s.k and r["k"] == s.k
         assert r["window_start"] == format_ts(w0) and r["window_end"] == format_ts(w0 + 3600)
-    cells = [r["cell"] for r in loc]
-    assert len(cells) == len(set(cells))
-    for c in cells:
-        for other in cells:
-            if other != c and h3.get_resolution(other) < h3.get_resolution(c):
-                assert h3.cell_to_parent(c, h3.get_resolution(other)) != other, "parent published with child"
+        assert (r["region"] == r["cell"]) == (r["members"] == [r["cell"]])
+        places = set()
+        for m in r["members"]:
+            assert h3.cell_to_parent(m, r["resolution"]) == r["cell"], f"{m} outside {r['cell']}"
+            places |= {m} if h3.get_resolution(m) == params.base_resolution else set(
+                h3.cell_to_children(m, params.base_resolution))
+        for c in places:
+            assert c not in owner, f"{c} is in {owner[c]} and {r['region']}"
+            owner[c] = r["region"]
+        assert r["users"] == len(set().union(*(users_by_cell.get(c, set()) for c in places)))
+    # No sum or difference of published counts isolates fewer than k users (the partner's view).
+    published = [PublishedArea(r["region"], tuple(r["members"]), r["users"]) for r in loc]
+    assert find_isolations(published, users_by_cell, s.k) == []
 
     groups: dict[tuple, set] = {}
     for d in logs:
@@ -147,5 +159,70 @@ def test_a_window_closes_when_later_input_goes_elsewhere(pipeline_settings):
         prod.flush()
         loc = [json.loads(r.value) for r in _wait_nonempty(s, "partner-statistics", timeout_s=60)]
     assert loc, "the window was never published: an input partition that sent nothing there held it open"
-    assert sum(r["users"] for r in loc) == len(opted)
+    # Every user counted: the whole window, as the core publishes it (users left below k around a
+    # lone cell of >= k are suppressed, so the sum can be below len(opted)).
+    by_cell: dict[str, set] = {}
+    for d in pings:
+        by_cell.setdefault(h3.latlng_to_cell(d["lat"], d["lon"], s.h3_base_resolution), set()).add(d["user_id"])
+    params = KAnonParams(k=s.k, base_resolution=s.h3_base_resolution, coarsest_resolution=s.h3_coarsest_resolution)
+    assert {(r["region"], r["users"]) for r in loc} == {(r.region, r.users) for r in publish_regions(by_cell, params)}
     assert {r["window_start"] for r in loc} == {format_ts(w0)}
+
+
+def test_dp_partner_statistics_noisy_thresholded_and_bounded(pipeline_settings):
+    """CROSSPATHS_DP_EPSILON=1, one cell per user: counts are noisy, a cell needs the (epsilon, delta)
+    threshold (15 here, above k = 10), a lone user's cell is not published, and a user seen in three
+    cells is counted in one."""
+    from anonymizers.dp import DPParams, publication_threshold
+
+    s = pipeline_settings.model_copy(update={"dp_epsilon": 1.0, "dp_max_cells_per_user": 1, "dp_resolution": 9})
+    tau = publication_threshold(DPParams(epsilon=1.0, max_cells_per_user=1, delta=s.dp_delta))
+    assert tau == 15 > s.k
+    rng = np.random.default_rng(9)
+    now = time.time()
+    w0 = window_start(now - 1000, 3600) - 2 * 3600
+    spots = [(48.830 + 0.004 * (i // 6), 2.300 + 0.006 * (i % 6)) for i in range(24)]  # ~450 m apart
+    cell = lambda p: h3.latlng_to_cell(*p, s.h3_base_resolution)  # noqa: E731
+    assert len({cell(p) for p in spots}) == 24
+    dense, mid, roam, lone = spots[:10], spots[10:20], spots[20:23], spots[23]
+    people: dict[str, list] = {}
+    for j, p in enumerate(dense):  # 20 users each: published (noisy count >= 15 but for ~0.2 %)
+        people.update({f"d{j}-{i}": [p] for i in range(20)})
+    for j, p in enumerate(mid):  # 11 users each: >= k, but below the threshold (1.3 % published each)
+        people.update({f"m{j}-{i}": [p] for i in range(11)})
+    people.update({f"r{i:03d}": roam for i in range(60)})  # each in three cells, counted in one
+    people["alone"] = [lone]
+    pings = sorted(({"user_id": u, "ts": int((w0 + rng.uniform(0, 3600)) * 1000), "lat": p[0], "lon": p[1]}
+                    for u, places in people.items() for p in places), key=lambda d: d["ts"])
+    later = int((w0 + 2 * 3600 + 400) * 1000)
+    closers = [{"user_id": u, "ts": later, "lat": 48.9, "lon": 2.25} for u in people]
+    with running_workers(s, count=1):
+        prod = producer(s)
+        for u in people:
+            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
+                                                     "partner_sharing": True})
+        prod.flush()
+        wait_received(s, {"consents": len(people)})
+        for d in pings + closers:
+            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
+        prod.flush()
+        wait_received(s, {"geo-pings": len(pings) + len(closers)})
+        _wait_nonempty(s, "partner-statistics")
+        time.sleep(3)
+        loc = [json.loads(r.value) for r in consume_all(s, "partner-statistics")]
+    by_cell = {r["cell"]: r for r in loc}
+    for r in loc:
+        assert r["noisy"] is True and r["users"] >= tau and r["k"] == s.k
+        assert r["resolution"] == s.h3_base_resolution and r["members"] == [r["cell"]] and r["region"] == r["cell"]
+        assert r["window_start"] == format_ts(w0)
+    assert cell(lone) not in by_cell, "a lone user's cell was published"
+    dense_rows = [by_cell[cell(p)] for p in dense if cell(p) in by_cell]
+    assert len(dense_rows) >= 8
+    assert all(abs(r["users"] - 20) <= 10 for r in dense_rows)
+    assert any(r["users"] != 20 for r in dense_rows), "no noise on the counts"
+    # With k alone, ~7 of the 10 cells of 11 users would show; with the threshold, ~0.13.
+    assert sum(cell(p) in by_cell for p in mid) <= 2
+    # Each roamer counted in one cell of three: ~60 in all, not 180 (a cell below 15 after noise is not shown).
+    assert sum(by_cell[cell(p)]["users"] for p in roam if cell(p) in by_cell) <= 60 + 15
+    raw = json.dumps(loc)
+    assert not any(u in raw for u in people)

@@ -1,9 +1,11 @@
+import h3
 import math
 
 import numpy as np
 import pytest
 
-from anonymizers.dp import DPParams, bound_contributions, noisy_count, publish_noisy_cells
+from anonymizers.dp import (DPParams, bound_contributions, noisy_count, publication_threshold,
+                            publish_noisy_cells)
 from anonymizers.kanon import CellCount
 
 CELLS = ["891fb466257ffff", "891fb466253ffff", "891fb46625bffff", "891fb466243ffff"]
@@ -17,6 +19,10 @@ CELLS = ["891fb466257ffff", "891fb466253ffff", "891fb46625bffff", "891fb466243ff
         (dict(epsilon=float("inf")), "epsilon=inf"),
         (dict(max_cells_per_user=0), "max_cells_per_user=0"),
         (dict(max_cells_per_user=1.5), "max_cells_per_user=1.5"),
+        (dict(delta=0), r"delta=0 must be in \(0, 1e-06\]"),
+        (dict(delta=1e-5), "delta=1e-05"),
+        (dict(delta=0.24), "delta=0.24"),
+        (dict(resolution=16), "resolution=16"),
     ],
 )
 def test_params_validation(kwargs, message):
@@ -68,3 +74,53 @@ def test_publish_noisy_cells_thresholds_after_noise():
     assert isinstance(rows[0], CellCount) and rows[0].users >= 10 and abs(rows[0].users - 200) < 30
     with_domain = publish_noisy_cells(users_by_cell, DPParams(), 10, np.random.default_rng(3), domain=CELLS)
     assert all(r.users >= 10 for r in with_domain)
+
+
+
+@pytest.mark.parametrize("epsilon, m, delta, tau", [
+    (1.0, 4, 1e-6, 60), (1.0, 1, 1e-6, 15), (2.0, 4, 1e-6, 31), (1.0, 4, 1e-9, 88), (40.0, 1, 1e-6, 2)])
+def test_publication_threshold_table(epsilon, m, delta, tau):
+    assert publication_threshold(DPParams(epsilon, m, delta)) == tau
+
+
+@pytest.mark.parametrize("epsilon, m, delta", [(e, m, d) for e in (0.1, 0.5, 1.0, 3.0, 10.0) for m in (1, 2, 4, 8)
+                                               for d in (1e-6, 1e-8, 1e-12)])
+def test_publication_threshold_is_the_smallest_that_bounds_delta(epsilon, m, delta):
+    tau = publication_threshold(DPParams(epsilon, m, delta))
+    a = math.exp(-epsilon / m)
+    risk = lambda t: m * a ** (t - 1) / (1 + a)  # noqa: E731  P(some lone-user cell is published)
+    assert risk(tau) <= delta and (tau == 1 or risk(tau - 1) > delta)
+
+
+def test_a_lone_user_is_published_no_more_often_than_delta_allows():
+    # epsilon = 1, m = 1: threshold 15, P(a lone user's cell is published) = a**14 / (1 + a) = 6e-7.
+    # With k = 10 alone (what a declared domain applies) it is a**9 / (1 + a) = 9e-5: ~9 in 100,000.
+    params = DPParams(epsilon=1.0, max_cells_per_user=1)
+    lone = {CELLS[0]: {"alone"}}
+    rng = np.random.default_rng(11)
+    assert sum(bool(publish_noisy_cells(lone, params, 10, rng)) for _ in range(100_000)) == 0
+    rng = np.random.default_rng(11)
+    assert sum(bool(publish_noisy_cells(lone, params, 10, rng, domain=CELLS[:1])) for _ in range(100_000)) > 0
+
+
+def test_default_threshold_is_applied_to_data_cells_not_to_a_declared_domain():
+    users_by_cell = {CELLS[0]: {f"a{i}" for i in range(30)}}
+    params = DPParams(epsilon=50.0, max_cells_per_user=1)  # noise ~0: the count is the true 30
+    assert publication_threshold(DPParams(epsilon=1.0, max_cells_per_user=1)) == 15
+    strict = DPParams(epsilon=1.0, max_cells_per_user=4)  # threshold 60 > 30
+    assert [r.users for r in publish_noisy_cells(users_by_cell, params, 10, np.random.default_rng(0))] == [30]
+    hits = [bool(publish_noisy_cells(users_by_cell, strict, 10, np.random.default_rng(s))) for s in range(200)]
+    assert not any(hits)
+    declared = [bool(publish_noisy_cells(users_by_cell, strict, 10, np.random.default_rng(s), domain=CELLS))
+                for s in range(200)]
+    assert sum(declared) > 150  # over a declared domain only k applies: 30 +- noise >= 10 mostly
+
+
+def test_noisy_cells_at_a_fixed_coarser_resolution():
+    parent = h3.cell_to_parent(CELLS[0], 7)
+    users_by_cell = {c: {f"u{i}"} | {"shared"} for i, c in enumerate(h3.cell_to_children(parent, 9)[:20])}
+    params = DPParams(epsilon=50.0, max_cells_per_user=1, resolution=7)  # noise ~0
+    rows = publish_noisy_cells(users_by_cell, params, 10, np.random.default_rng(0))
+    assert rows == [CellCount(parent, 7, 21)]  # 20 + "shared", counted once
+    with pytest.raises(ValueError, match="coarser than resolution=8"):
+        publish_noisy_cells({parent: {"a"}}, DPParams(resolution=8), 10, np.random.default_rng(0))

@@ -51,3 +51,58 @@ def test_map_renders_a_png_of_published_cells(tmp_path):
     out = render_cells(frame, tmp_path / "map.png", "test window")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_map_draws_regions_with_their_member_cells(tmp_path):
+    import h3
+
+    from anonymizers.regions import publish_regions
+    from streams.tools.maps import render_cells
+
+    parent = h3.latlng_to_cell(48.8566, 2.3522, 8)
+    kids = sorted(h3.cell_to_children(parent, 9))
+    window = {kids[0]: {f"a{i}" for i in range(10)}, kids[1]: {f"b{i}" for i in range(6)},
+              kids[2]: {f"c{i}" for i in range(6)}}
+    rows = publish_regions(window)
+    assert any(len(r.members) > 1 for r in rows)
+    frame = pd.DataFrame([{"region": r.region, "cell": r.cell, "resolution": r.resolution, "members": list(r.members),
+                           "users": r.users, "k": 10} for r in rows])
+    data = render_cells(frame, tmp_path / "map.png", "regions").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_statistics_frame_reads_old_cell_rows_as_single_cell_regions():
+    from streams.tools.report import statistics_frame
+
+    window = {"window_start": "2026-11-30T10:00:00Z", "window_end": "2026-11-30T11:00:00Z", "k": 10}
+    old = dict(window, cell="881fb46625fffff", resolution=8, users=12)
+    new = dict(window, region="881fb466243ffff-rest", cell="881fb466243ffff", resolution=8,
+               members=["891fb466247ffff", "891fb46624bffff"], users=30)
+    frame = statistics_frame([old, new])
+    assert list(frame["region"]) == ["881fb466243ffff-rest", "881fb46625fffff"]
+    assert list(frame["members"]) == [["891fb466247ffff", "891fb46624bffff"], ["881fb46625fffff"]]
+    assert statistics_frame([old])["members"].tolist() == [["881fb46625fffff"]]
+
+
+def test_day_map_draws_each_window_as_a_small_multiple(tmp_path):
+    import h3
+
+    from anonymizers.regions import publish_regions
+    from streams.tools.maps import render_day
+
+    parent = h3.latlng_to_cell(48.8566, 2.3522, 8)
+    kids = sorted(h3.cell_to_children(parent, 9))
+    records = []
+    for hour in range(3):
+        window = {kids[0]: {f"a{i}" for i in range(10 + hour)}, kids[1]: {f"b{i}" for i in range(6)},
+                  kids[2]: {f"c{i}" for i in range(6)}}
+        records += [{"window_start": pd.Timestamp("2026-12-01T00:00Z") + pd.Timedelta(hours=hour), "region": r.region,
+                     "cell": r.cell, "resolution": r.resolution, "members": list(r.members), "users": r.users, "k": 10}
+                    for r in publish_regions(window)]
+    data = render_day(pd.DataFrame(records), tmp_path / "day.png", "a day").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_map_rejects_window_and_day_together():
+    result = CliRunner().invoke(main, ["stats", "map", "--window", "2026-12-01T00:00Z", "--day", "2026-12-01"])
+    assert result.exit_code == 2 and "exclusive" in result.output

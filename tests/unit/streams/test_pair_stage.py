@@ -104,7 +104,7 @@ def test_withdrawal_guards_survive_a_move_and_expire_after_the_raw_retention(sta
     _rebalance(stages, 0, 1)
     guards = pairs.pair_partitions.get(1).guards
     assert set(guards.snapshot()) == {"tagA", "tagB"}
-    assert pairs.GUARD_MEMORY_S >= stages.app.settings.raw_retention_hours * H
+    assert pairs.GUARD_MEMORY_S >= stages.app.settings.raw_lifetime_hours * H
     tombstones = pairs.forget_guards_set_before(now - pairs.GUARD_MEMORY_S)
     assert tombstones == {1: [(b'"1|tagB"', None, 1)]}  # 2|tagC: not owned here, its owner forgets it
     assert set(guards.snapshot()) == {"tagA"} and set(table.data) == {"1|tagA", "2|tagC"}

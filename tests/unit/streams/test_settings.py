@@ -17,3 +17,16 @@ def test_crossing_defaults_are_crossing_params_defaults(monkeypatch):
     for name in fields:
         assert getattr(settings, f"crossing_{name}") == getattr(defaults, name), name
     assert settings.crossing_params() == defaults
+
+
+def test_the_worker_refuses_a_dp_delta_above_the_bound(tmp_path):
+    import pytest
+
+    from streams.rules import Rules
+
+    secret = tmp_path / "key"
+    secret.write_bytes(os.urandom(32))
+    ok = Rules.from_settings(Settings(dp_epsilon=1.0, pseudonym_secret_file=secret, home=tmp_path))
+    assert (ok.dp.epsilon, ok.dp.delta, ok.dp.max_cells_per_user, ok.dp.resolution) == (1.0, 1e-6, 4, 7)
+    with pytest.raises(ValueError, match=r"delta=0.001 must be in \(0, 1e-06\]"):
+        Rules.from_settings(Settings(dp_epsilon=1.0, dp_delta=1e-3, pseudonym_secret_file=secret, home=tmp_path))

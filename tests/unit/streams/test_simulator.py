@@ -47,3 +47,32 @@ def test_events_come_in_event_time_order_and_people_cross():
     assert frame["ts"].is_monotonic_increasing
     assert len(brute_force_pairs(frame.head(3000), CrossingParams())) > 0
     assert any(t is not None for t in ts) and any(t is None for t in ts)  # epoch ms and RFC 3339 both used
+
+
+def test_partner_memberships_are_the_opted_in_users_pings():
+    from anonymizers.kanon import KAnonParams
+    from streams.tools.simulator import partner_memberships
+
+    params = SimulationParams(users=80, hours=1.0, start=1_790_000_000.0 - 1_790_000_000.0 % 3600, seed=3,
+                              malformed_share=0.0, opt_out_mid_run=0, opt_in_mid_run=0, deletions_mid_run=0)
+    opted = {json.loads(v)["user_id"] for t, _, v in simulate_city(params)
+             if t == "consents" and json.loads(v)["partner_sharing"] and json.loads(v)["geolocation"]}
+    windows = partner_memberships(params, KAnonParams())
+    assert list(windows) == [params.start]
+    seen = set().union(*windows[params.start].values())
+    assert seen == opted and len(opted) > 10  # every opted-in user pings in the hour; nobody else counts
+    assert partner_memberships(params, KAnonParams()) == windows
+
+
+def test_partner_memberships_drop_a_user_who_withdraws():
+    from anonymizers.kanon import KAnonParams
+    from streams.tools.simulator import partner_memberships
+
+    params = SimulationParams(users=80, hours=1.0, start=1_790_000_000.0 - 1_790_000_000.0 % 3600, seed=3,
+                              malformed_share=0.0, opt_out_mid_run=10, opt_in_mid_run=0, deletions_mid_run=0)
+    messages = list(simulate_city(params))
+    out = {json.loads(v)["user_id"] for t, _, v in messages[params.users:]
+           if t == "consents" and not json.loads(v)["partner_sharing"]}
+    assert out
+    seen = set().union(*partner_memberships(params, KAnonParams())[params.start].values())
+    assert not seen & out
