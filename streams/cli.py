@@ -347,10 +347,18 @@ def audit() -> None:
 @click.argument("user_id")
 @click.option("--worker", "workers", multiple=True, help="A worker's web URL (e.g. http://127.0.0.1:6066), "
               "to also check its memory; repeat for each worker.")
-def audit_user_cmd(user_id: str, workers: tuple[str, ...]) -> None:
+@click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
+              help="Also write everything the pipeline holds about the user to this JSON file (access request).")
+def audit_user_cmd(user_id: str, workers: tuple[str, ...], export_path: Path | None) -> None:
     """Find every trace of USER_ID in topics, table changelogs and workers; exit 0 when state holds none."""
-    from streams.tools.audit import audit_user, format_report
+    from streams.tools.audit import audit_user, export_user, format_report
 
+    if export_path is not None:
+        doc = export_user(_settings(), user_id)
+        export_path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        click.echo(f"access export: {len(doc['geo_pings'])} pings, {len(doc['connection_logs'])} connection logs, "
+                   f"{len(doc['crossings_shown'])} crossings shown, consent "
+                   f"{'on record' if doc['consent'] else 'never recorded'} -> {export_path}")
     report = audit_user(_settings(), user_id, workers)
     click.echo(format_report(report))
     sys.exit(0 if report.clean else 1)

@@ -1,8 +1,10 @@
 """Find every trace of a user: in state (compacted topics, table changelogs, worker memory) and in logs."""
 from __future__ import annotations
 
+import base64
 import json
 import re
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -140,3 +142,54 @@ def format_report(report: AuditReport) -> str:
     lines.append("Kept by design:")
     lines += [f"  {s}" for s in report.expected] or ["  nothing"]
     return "\n".join(lines)
+
+
+def export_user(settings: Settings, user_id: str) -> dict:
+    """Everything the pipeline holds about one user, as one JSON-ready document (an access request).
+
+    The counterpart of erasure: the consent state on record, the crossings currently shown to the
+    user, the raw pings and connection logs the input topics still retain (keyed by the user, as
+    producers send them), inactivity notices and erasure receipts. Partner and connection statistics
+    are left out: they are counts of >= k users with no identifier, so nothing in them is about one
+    user. Each retained record says when the broker will have dropped it (its topic's lifetime).
+    """
+    from streams.tools.kafkaio import latest_by_key
+    from streams.tools.report import current_crossings, read_crossings
+
+    key = user_id.encode()
+    lifetimes = _lifetimes_ms(settings)
+
+    def keyed(name: str) -> list[dict]:
+        topic = settings.topic(name)
+        out = []
+        for rec in read_topic(settings.bootstrap_servers, topic):
+            if rec.key != key or rec.value is None:
+                continue
+            try:
+                value = json.loads(rec.value)
+            except ValueError:
+                value = {"unreadable": True, "bytes": len(rec.value)}  # rejected by the worker: see dead-letters
+            out.append({"partition": rec.partition, "offset": rec.offset,
+                        "written_at": format_ts(rec.timestamp / 1000),
+                        "gone_by": format_ts((rec.timestamp + lifetimes[topic]) / 1000), "record": value})
+        return out
+
+    dead_letters = []  # the user's own rejected messages (the source key is the user id)
+    for rec in read_topic(settings.bootstrap_servers, settings.topic("dead-letters")):
+        letter = json.loads(rec.value) if rec.value else {}
+        if letter.get("key_b64") and base64.b64decode(letter["key_b64"]) == key:
+            dead_letters.append({k: letter.get(k) for k in ("source_topic", "partition", "offset", "reason",
+                                                             "message", "rejected_at")})
+    consent = latest_by_key(settings.bootstrap_servers, settings.topic("consents")).get(key)
+    shown = current_crossings(read_crossings(settings)).get(user_id, {})
+    return {
+        "user_id": user_id,
+        "generated_at": format_ts(time.time()),
+        "consent": json.loads(consent) if consent else None,
+        "crossings_shown": [shown[other] for other in sorted(shown)],
+        "geo_pings": keyed("geo-pings"),
+        "connection_logs": keyed("connection-logs"),
+        "rejected_messages": dead_letters,
+        "inactivity_notices": keyed("inactivity-notices"),
+        "erasure_receipts": keyed("erasure-receipts"),
+    }

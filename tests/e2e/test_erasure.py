@@ -8,7 +8,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from schemas.timefmt import format_ts, parse_ts
-from streams.tools.audit import audit_user
+from streams.tools.audit import audit_user, export_user
 from streams.tools.kafkaio import latest_by_key
 from streams.tools.report import read_counters
 from streams.topics import erasure_horizons
@@ -56,6 +56,15 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
         assert any(k == "bob" and v.get("other_user_id") == "alice" for k, v in crossings)
         before = audit_user(s, "alice", (url,))
         assert not before.clean, "the user is in state before the deletion"
+        # An access request: everything held about alice, in one document.
+        export = export_user(s, "alice")
+        assert export["consent"]["partner_sharing"] is True and export["erasure_receipts"] == []
+        assert export["rejected_messages"] == [] and export["inactivity_notices"] == []
+        assert sorted(p["record"]["ts"] for p in export["geo_pings"]) == sorted(
+            int((t0 + 60 * i) * 1000) for i in range(5))
+        assert len(export["connection_logs"]) == 5 and all(p["record"]["user_id"] == "alice" for p in export["geo_pings"])
+        assert [c["other_user_id"] for c in export["crossings_shown"]] == ["bob"]
+        assert all(time.time() < parse_ts(p["gone_by"]) <= time.time() + 24 * 3600 for p in export["geo_pings"])
 
         send_json(prod, s.topic("consents"), "alice", {"user_id": "alice", "updated_at": format_ts(time.time()),
                                                        "deleted": True})
