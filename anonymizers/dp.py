@@ -31,10 +31,20 @@ Cells: the base cells as given, or (``resolution``) their ancestors at one fixed
 chosen before seeing data: a user then spans fewer cells (fewer lost to the bound) and cells hold
 more users (more clear the threshold). Measured in bench/RESULTS.md.
 
+Shards: the worker counts each window in several independent parts (the statistics partitions,
+keyed by coarse cell), and one user's pings can reach several of them. With ``shards = s``, each
+part keeps a user in at most ``max(1, m // s)`` cells, so a user changes at most
+``sensitivity = s * max(1, m // s)`` counts in all (never more than ``max(m, s)``); noise and
+threshold use that sensitivity, and the guarantee above holds for the window as a whole.
+
+Over a declared domain (``anonymizers.servicearea``): a user's cells outside it are dropped
+before the bound (a data-independent filter), every domain cell gets a noisy count, and
+publishing those that reach k is post-processing.
+
 Not covered: the guarantee is per window; over several windows epsilons and
 deltas add up (basic composition) for a user present in all of them: with
 hourly windows, a user seen all day is protected at (24 epsilon, 24 delta) for
-that day. Regions (``regions.publish_regions``) are NOT formed in DP mode: their
+that day (``privacy_budget``). Regions (``regions.publish_regions``) are NOT formed in DP mode: their
 unions at several resolutions would multiply the sensitivity; DP output is
 published at the base resolution only, as one-cell regions.
 """
@@ -63,6 +73,7 @@ class DPParams:
     max_cells_per_user: int = 1
     delta: float = MAX_DELTA
     resolution: int | None = None  # H3 resolution of the published cells; None: the base cells as given
+    shards: int = 1  # independent parts the window is counted in, all of which one user can reach
 
     def __post_init__(self) -> None:
         e = self.epsilon
@@ -78,11 +89,24 @@ class DPParams:
         r = self.resolution
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 15):
             raise ValueError(f"resolution={r!r} must be None or an integer in [0, 15]")
+        s = self.shards
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"shards={s!r} must be an integer >= 1")
+
+    @property
+    def cells_per_shard(self) -> int:
+        """Cells one user is kept in, in each shard."""
+        return max(1, self.max_cells_per_user // self.shards)
+
+    @property
+    def sensitivity(self) -> int:
+        """Counts one user can change in a window, over all shards (the noise scale is sensitivity / epsilon)."""
+        return self.shards * self.cells_per_shard
 
 
 def publication_threshold(params: DPParams) -> int:
     """The smallest noisy count a cell needs so that a lone user's cells are published with probability <= delta."""
-    m = params.max_cells_per_user
+    m = params.sensitivity
     a = math.exp(-params.epsilon / m)
     # m * a**(tau - 1) / (1 + a) <= delta  <=>  tau - 1 >= log(delta * (1 + a) / m) / log(a)
     tau = 1 + max(0, math.ceil(math.log(params.delta * (1 + a) / m) / math.log(a) - 1e-9))
@@ -140,24 +164,79 @@ def publish_noisy_cells(
     rng: np.random.Generator,
     domain: Iterable[str] | None = None,
 ) -> list[CellCount]:
-    """Publish base cells whose noisy distinct-user count reaches max(k, the (epsilon, delta) threshold)."""
+    """Publish cells whose noisy distinct-user count reaches max(k, the (epsilon, delta) threshold).
+
+    With a domain (cells declared before seeing data, at ``params.resolution`` when it is set),
+    every domain cell gets a noisy count, only domain cells are published, and the threshold is k.
+    """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} must be an integer >= 1")
-    threshold = k if domain is not None else max(k, publication_threshold(params))
     if params.resolution is not None:  # a fixed, data-independent resolution: coarser cells, fewer per user
-        coarse: dict[str, set] = defaultdict(set)
-        for cell, users in users_by_cell.items():
-            res = h3.get_resolution(cell)
-            if res < params.resolution:
-                raise ValueError(f"cell={cell!r} has resolution {res}, coarser than resolution={params.resolution}")
-            coarse[h3.cell_to_parent(cell, params.resolution)].update(users)
-        users_by_cell = coarse
-    bounded = bound_contributions(users_by_cell, params.max_cells_per_user, rng)
+        users_by_cell = _at_resolution(users_by_cell, params.resolution)
+    if domain is not None:
+        domain = frozenset(domain)
+        for cell in domain:
+            if params.resolution is not None and h3.get_resolution(cell) != params.resolution:
+                raise ValueError(f"domain cell={cell!r} has resolution {h3.get_resolution(cell)}, "
+                                 f"not resolution={params.resolution}")
+        # Dropped before the bound, so a user's places outside the domain take none of its m cells.
+        users_by_cell = {cell: users for cell, users in users_by_cell.items() if cell in domain}
+    bounded = bound_contributions(users_by_cell, params.cells_per_shard, rng)
     # Without a domain, candidates come from the BOUNDED data, so one user adds at most m cells.
-    cells = sorted(set(domain) if domain is not None else set(bounded))
+    cells = sorted(domain) if domain is not None else sorted(bounded)
+    threshold = k if domain is not None else max(k, publication_threshold(params))
     rows = []
     for cell in cells:
-        noisy = noisy_count(len(bounded.get(cell, ())), params.epsilon, params.max_cells_per_user, rng)
+        noisy = noisy_count(len(bounded.get(cell, ())), params.epsilon, params.sensitivity, rng)
         if noisy >= threshold:
             rows.append(CellCount(cell, h3.get_resolution(cell), noisy))
     return rows
+
+
+def _at_resolution(users_by_cell: Mapping[str, set | frozenset], resolution: int) -> dict[str, set]:
+    """Users per ancestor cell at the resolution (every cell must be at it or finer)."""
+    coarse: dict[str, set] = defaultdict(set)
+    for cell, users in users_by_cell.items():
+        res = h3.get_resolution(cell)
+        if res < resolution:
+            raise ValueError(f"cell={cell!r} has resolution {res}, coarser than resolution={resolution}")
+        coarse[h3.cell_to_parent(cell, resolution)].update(users)
+    return coarse
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyBudget:
+    """What one user is protected at: per window, and per day by basic composition over its windows."""
+
+    epsilon: float
+    delta: float  # 0 over a declared domain: pure epsilon-DP
+    windows_per_day: int
+
+    @property
+    def epsilon_per_day(self) -> float:
+        """Epsilon for a user seen in every window of a day."""
+        return self.epsilon * self.windows_per_day
+
+    @property
+    def delta_per_day(self) -> float:
+        """Delta for a user seen in every window of a day."""
+        return self.delta * self.windows_per_day
+
+    def statement(self) -> str:
+        """One line for people."""
+        if self.delta:
+            per_window = f"(epsilon={self.epsilon:g}, delta={self.delta:g})"
+            per_day = f"(epsilon={self.epsilon_per_day:g}, delta={self.delta_per_day:.2g})"
+        else:
+            per_window, per_day = f"epsilon={self.epsilon:g} (pure)", f"epsilon={self.epsilon_per_day:g} (pure)"
+        return (f"{per_window} per window; {per_day} per day for a user seen in all "
+                f"{self.windows_per_day} windows of a day (basic composition)")
+
+
+def privacy_budget(params: DPParams, window_s: float, declared_domain: bool) -> PrivacyBudget:
+    """The per-window and per-day guarantee of publishing every window of window_s seconds with params."""
+    if isinstance(window_s, bool) or not isinstance(window_s, (int, float)) or not 0 < window_s <= 86400:
+        raise ValueError(f"window_s={window_s!r} must be in (0, 86400]")
+    # The windows a UTC day can overlap: one more than fit in it when they do not divide the day.
+    windows = math.ceil(86400 / window_s) + (1 if 86400 % window_s else 0)
+    return PrivacyBudget(params.epsilon, 0.0 if declared_domain else params.delta, windows)

@@ -107,6 +107,15 @@ def erasure_tag(secret: bytes, user_id: str) -> str:
     return hmac.digest(secret, b"crosspaths/erased/v1:" + user_id.encode(), hashlib.sha256)[:16].hex()
 
 
+def receipt_subject(user_id: str) -> str:
+    """How an erasure receipt names its user: the SHA-256 (hex) of the user id, never the id itself.
+
+    The backend that asked for the erasure knows the id and finds its receipt by this hash; the
+    receipts topic, kept as proof long after every copy of the user is gone, holds no user id.
+    """
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
 def erasure_of(report: dict) -> float | None:
     """The time of the erasure a report belongs to (None: a report from before reports carried it)."""
     return report["requested_at"] if report["stage"] == "ingest" else report.get("v")
@@ -179,7 +188,7 @@ class PurgePlan:
 
     @property
     def retracts_crossings(self) -> bool:
-        """Whether the user's crossings are retracted (their crossing state goes)."""
+        """Whether the user's crossings are retracted (the pair stage tombstones both sides of each)."""
         return PurgeTarget.PAIRS in self.targets
 
     def requests(self, partitions: int) -> int:
@@ -195,7 +204,7 @@ def plan_erasure(reason: str) -> PurgePlan:
 def plan_withdrawal(withdrawn: frozenset[Purpose]) -> PurgePlan | None:
     """What a consent change switching off `withdrawn` purges (None: nothing), without a receipt.
 
-    Crossings withdrawn: the detector's pings and the pair state go, and crossings are retracted.
+    Crossings withdrawn: the detector's pings and the pair state go, and crossings are tombstoned.
     Partner sharing withdrawn: the user leaves the open partner-statistics windows. Connection
     statistics need no consent (technical data, no personal data attached): only erasure purges them.
     """

@@ -41,3 +41,43 @@ def brute_force_pairs(
             a, b = users[i], users[k]
             pairs.add((a, b) if a < b else (b, a))
     return pairs
+
+
+def brute_force_crossings(
+    df: pd.DataFrame, params: CrossingParams = CrossingParams(), zones: SensitiveZones | None = None
+) -> dict[tuple[str, str, float], tuple[float, str, str]]:
+    """The reported crossing of every (user_a, user_b, cooldown period): {(a, b, period): (ts, place, band)}.
+
+    The definition literally: every pair of pings, the crossing test, and per pair and period the
+    first in (ts, distance, place, band) order (earliest in event time, then nearest, then place,
+    then band), written here without the batch search's or the streaming stages' code.
+    """
+    from geo.crossings.model import distance_band, place_of
+
+    users = df["user_id"].astype(str).to_numpy()
+    ts = np.asarray(df["ts"], dtype=np.float64)
+    lat = np.asarray(df["lat"], dtype=np.float64)
+    lon = np.asarray(df["lon"], dtype=np.float64)
+    acc = (pd.to_numeric(df["accuracy_m"], errors="coerce").to_numpy(dtype=np.float64) if "accuracy_m" in df.columns
+           else np.full(len(df), np.nan))
+    best: dict[tuple[str, str, float], tuple[float, float, str, str]] = {}
+    for i in range(len(df)):
+        for k in range(i + 1, len(df)):
+            if users[i] == users[k] or acc[i] > params.max_accuracy_m or acc[k] > params.max_accuracy_m:
+                continue
+            if abs(ts[i] - ts[k]) > params.window_s:
+                continue
+            d = float(haversine_m(lat[i], lon[i], lat[k], lon[k]))
+            if d > params.distance_m:
+                continue
+            mlat, mlon = midpoint(lat[i], lon[i], lat[k], lon[k])
+            if zones and (zones.contains(lat[i], lon[i]) or zones.contains(lat[k], lon[k]) or zones.contains(mlat, mlon)):
+                continue
+            t = float(max(ts[i], ts[k]))
+            period = float(t // params.cooldown_s) if params.cooldown_s else t
+            a, b = sorted((users[i], users[k]))
+            record = (t, d, place_of(mlat, mlon, params), distance_band(d, params))
+            key = (a, b, period)
+            if key not in best or record < best[key]:
+                best[key] = record
+    return {key: (t, place, band) for key, (t, _, place, band) in best.items()}

@@ -78,17 +78,40 @@ def b64(data: bytes | None) -> str | None:
 
 
 class CrossingRecord(_Out):
-    """One participant's view of a crossing, or a retraction (keyed by `user_id`)."""
+    """One participant's view of a pair's crossing, keyed by `crossing_key(user_id, other_user_id)`.
 
-    type: Literal["crossing", "retraction"]
+    The `crossings` topic is compacted: the latest record under a key is what `user_id` is shown
+    about `other_user_id` (their latest cooldown period's earliest crossing; a later record with
+    the same key corrects or updates it), and a tombstone (a null value) under the key means
+    "stop showing it" (a withdrawal, an erasure).
+    """
+
+    type: Literal["crossing"]
     user_id: str
-    other_user_id: str | None = None  # a retraction without it hides every crossing with user_id
-    ts: str | None = None
-    place: str | None = None  # H3 cell, never the raw fix
-    place_resolution: int | None = None
-    distance_band: str | None = None
-    reason: str | None = None
+    other_user_id: str
+    ts: str
+    place: str  # H3 cell, never the raw fix
+    place_resolution: int
+    distance_band: str
     emitted_at: str
+
+
+def crossing_key(user_id: str, other_user_id: str) -> bytes:
+    """The key of `user_id`'s records about `other_user_id` on `crossings`: "<user_id>|<other_user_id>".
+
+    "|" never occurs in a user id (schemas.events.USER_ID_PATTERN), so the key splits back
+    unambiguously (`split_crossing_key`). Records are placed by `user_id` alone (Kafka's default
+    partitioner on the user id), so each participant's records share one partition.
+    """
+    return f"{user_id}|{other_user_id}".encode()
+
+
+def split_crossing_key(key: bytes) -> tuple[str, str]:
+    """(user_id, other_user_id) of a `crossings` key."""
+    user, sep, other = key.decode().partition("|")
+    if not sep or not user or not other or "|" in other:
+        raise ValueError(f"crossings key {key[:140]!r} is not '<user_id>|<other_user_id>'")
+    return user, other
 
 
 def crossing_bytes(user_id: str, other_user_id: str, ts: str, place: str, place_resolution: int,

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import faust
 
+from streams.clients import client_auth
+from streams.plumbing import producer
+from streams.plumbing.tallies import tallies
 from streams.settings import get_settings
 
 settings = get_settings()
@@ -25,16 +28,18 @@ P = settings.partitions
 app = faust.App(  # store="memory://" is relied on by streams.plumbing.tables.peek
     settings.app_id,
     broker=settings.broker_url,
+    broker_credentials=client_auth(settings).faust_credentials(),  # None: plaintext (streams/clients.py)
     store="memory://",
     datadir=str(Path(settings.home).expanduser() / "faust" / "{conf.name}"),  # created by `crosspaths worker`
     topic_partitions=P,
-    topic_replication_factor=1,
+    topic_replication_factor=settings.replication_factor,
     topic_allow_declare=True,
     consumer_auto_offset_reset="earliest",
-    table_standby_replicas=0,
+    table_standby_replicas=settings.table_standby_replicas,
     web_host="127.0.0.1",
     web_port=settings.web_port,
     web_in_thread=False,
+    producer_acks=-1,  # acks=all; idempotent too: streams.plumbing.producer
     producer_linger_ms=10,  # internal batches are large already; each hop waits this long at most
     producer_max_batch_size=512 * 1024,
     stream_buffer_maxsize=16384,
@@ -42,6 +47,8 @@ app = faust.App(  # store="memory://" is relied on by streams.plumbing.tables.pe
     broker_commit_interval=1.0,
     stream_wait_empty=False,
 )
+producer.install(app)
+tallies(app).window_topics = frozenset({settings.topic("partner-statistics"), settings.topic("connection-statistics")})
 
 
 def _topic(name: str, internal: bool = False) -> faust.TopicT:
@@ -86,7 +93,7 @@ location_published = _table("location-published")  # "p|window" -> True
 connection_members = _table("connection-members")
 connection_published = _table("connection-published")
 resume_table = _table("detector-resume")  # crossing-cells partition -> resume points (offsets only)
-receipt_table = _table("receipt-drafts")  # user -> erasure receipt draft; "done|tag" -> erasure time
+receipt_table = _table("receipt-drafts")  # "draft|tag" -> erasure receipt draft; "done|tag" -> erasure time
 
 
 def changelog_topic_name(table: str) -> str:

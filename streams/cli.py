@@ -34,12 +34,19 @@ def broker() -> None:
 
 @broker.command("start")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker.")
-def broker_start(timeout: float) -> None:
+@click.option("--secure", is_flag=True, help="SASL/SCRAM-SHA-512 and ACLs (deny when none matches); writes a "
+              "client properties file per principal under the broker's folder, clients/<principal>.properties.")
+@click.option("--nodes", type=click.IntRange(1, 9), default=None,
+              help="KRaft processes (broker and controller each); 3: replication 3, min ISR 2 for Kafka's own "
+                   "topics. Default: what the broker was formatted with, else 1.")
+@click.option("--tls", is_flag=True, help="With --secure: SASL over TLS, the brokers' certificate signed by a local "
+              "CA made once (tls/ca.pem under the broker's folder; the client files trust it).")
+def broker_start(timeout: float, secure: bool, nodes: int | None, tls: bool) -> None:
     """Fetch the jars once, format storage once, start the broker; return when it answers."""
     from streams.tools import broker as b
 
     try:
-        click.echo(b.start(_settings(), timeout_s=timeout))
+        click.echo(b.start(_settings(), timeout_s=timeout, secure=secure, nodes=nodes, tls=tls))
     except b.BrokerError as exc:
         _fail(str(exc))
 
@@ -68,6 +75,64 @@ def broker_reset() -> None:
     from streams.tools import broker as b
 
     click.echo(b.reset(_settings()))
+
+
+@broker.command("rotate-password")
+@click.argument("principal")
+def broker_rotate_password(principal: str) -> None:
+    """Give PRINCIPAL of the local secured broker a new random password (on the broker, in credentials.json and
+    clients/PRINCIPAL.properties). Needs the admin's credentials (CROSSPATHS_CLIENT_PROPERTIES)."""
+    from kafka.errors import KafkaError
+
+    from streams.clients import admin_client
+    from streams.tools import broker as b
+    from streams.tools.credentials import rotate_password
+
+    s = _settings()
+    paths = b.paths_for(s)
+    if not paths.credentials.exists():
+        _fail(f"no secured local broker in {paths.root} (crosspaths broker start --secure)")
+    admin = admin_client(s, client_id="crosspaths-credentials")
+    try:
+        written = rotate_password(admin, paths.credentials, paths.clients, principal)
+    except (KafkaError, RuntimeError, ValueError) as exc:
+        _fail(f"rotate-password failed: {exc}")
+    finally:
+        admin.close()
+    click.echo(f"new password of {principal} set on the broker; hand {written} to that party "
+               f"(its connections made with the old one stay until they reconnect)")
+
+
+# --------------------------------------------------------------------------- acl
+@main.group()
+def acl() -> None:
+    """Who may read and write what: the principals of streams/principals.py."""
+
+
+@acl.command("apply")
+def acl_apply() -> None:
+    """Make the cluster's ACLs for the declared principals exactly the table's (idempotent; admin credentials)."""
+    from kafka.errors import KafkaError
+
+    from streams.tools.acl import apply_acls
+
+    try:
+        change = apply_acls(_settings())
+    except (KafkaError, RuntimeError) as exc:
+        _fail(f"acl apply failed: {exc}")
+    for line in change.lines():
+        click.echo(line)
+
+
+@acl.command("list")
+def acl_list() -> None:
+    """The declared principals, what each is for, and its grants (no cluster needed)."""
+    from streams.principals import principal_table
+
+    for principal in principal_table(_settings()):
+        click.echo(f"{principal.name}: {principal.purpose}")
+        for g in principal.grants:
+            click.echo(f"    {g.operation:<17} {g.resource} {g.name}{'*' if g.pattern == 'prefixed' else ''}")
 
 
 # --------------------------------------------------------------------------- topics
@@ -131,16 +196,16 @@ def simulate(users: int, hours: float, seed: int, malformed_share: float, start:
 
 def _simulate(settings: Settings, users: int, hours: float, seed: int, malformed_share: float,
               start: str | None) -> dict[str, int]:
-    from kafka import KafkaProducer
     from tqdm import tqdm
+
+    from streams.clients import producer as kafka_producer
 
     from schemas.timefmt import parse_ts
     from streams.tools.simulator import SimulationParams, simulate_city
 
     t0 = parse_ts(start) if start else (int(time.time()) // 60) * 60 - hours * 3600
     params = SimulationParams(users=users, hours=hours, seed=seed, malformed_share=malformed_share, start=t0)
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20, batch_size=256 * 1024,
-                             acks=1, client_id="crosspaths-simulator")
+    producer = kafka_producer(settings, client_id="crosspaths-simulator", linger_ms=20, batch_size=256 * 1024)
     counts: dict[str, int] = {}
     with tqdm(desc="producing", unit=" msg", mininterval=1.0, file=sys.stderr) as bar:
         for topic, key, value in simulate_city(params):
@@ -262,7 +327,7 @@ def crossings() -> None:
 @crossings.command("show")
 @click.argument("user_id")
 def crossings_show(user_id: str) -> None:
-    """A user's current crossings, as the crossing-profile feature shows them (retractions applied)."""
+    """A user's current crossings, as the crossing-profile feature shows them (latest record per key, tombstones applied)."""
     from streams.tools.report import current_crossings, read_crossings
 
     shown = current_crossings(read_crossings(_settings())).get(user_id, {})

@@ -6,13 +6,17 @@ local development) and the sensitive zones (read from a file) are loaded when a 
 from __future__ import annotations
 
 import functools
+import zlib
 from dataclasses import dataclass
 
+import h3
+
 from anonymizers.connection import validate_group_by
-from anonymizers.dp import DPParams
+from anonymizers.dp import DPParams, PrivacyBudget, privacy_budget, publication_threshold
 from anonymizers.kanon import KAnonParams
 from anonymizers.pseudonym import Pseudonymizer
 from anonymizers.retention import DAY_S, InactivityParams
+from anonymizers.servicearea import ServiceArea
 from geo.crossings import CrossingParams
 from geo.zones import SensitiveZones
 from schemas.events import Limits
@@ -28,7 +32,10 @@ class Rules:
     zones: SensitiveZones | None
     kanon: KAnonParams
     group_by: tuple[str, ...]
-    dp: DPParams | None
+    dp: DPParams | None  # its shards: the statistics partitions one user's places can reach
+    dp_area: ServiceArea | None  # the declared service area (DP over it: pure epsilon, threshold k)
+    dp_cells: dict[int, frozenset[str]]  # the area's cells each statistics partition publishes
+    dp_budget: PrivacyBudget | None
     secret: bytes  # keys the erasure tags and the pseudonyms
     pseudonyms: Pseudonymizer
     inactivity: InactivityParams
@@ -44,6 +51,7 @@ class Rules:
             raise ValueError(f"pseudonym_rotation_s={settings.pseudonym_rotation_s} must be a multiple of "
                              f"stats_window_s={settings.stats_window_s}")
         secret = pseudonym_secret(settings)
+        dp, area, cells = dp_rules(settings)
         return cls(
             limits=Limits(max_bytes=settings.max_message_bytes, max_future_skew_s=settings.max_future_skew_s),
             crossing=settings.crossing_params(),
@@ -51,8 +59,8 @@ class Rules:
             kanon=KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
                               coarsest_resolution=settings.h3_coarsest_resolution),
             group_by=validate_group_by(tuple(f.strip() for f in settings.connection_group_by.split(",") if f.strip())),
-            dp=DPParams(epsilon=settings.dp_epsilon, max_cells_per_user=settings.dp_max_cells_per_user,
-                        delta=settings.dp_delta, resolution=settings.dp_resolution) if settings.dp_epsilon else None,
+            dp=dp, dp_area=area, dp_cells=cells,
+            dp_budget=privacy_budget(dp, settings.stats_window_s, area is not None) if dp else None,
             secret=secret,
             pseudonyms=Pseudonymizer(secret, settings.pseudonym_rotation_s),
             inactivity=InactivityParams(inactive_s=settings.inactivity_days * DAY_S,
@@ -61,6 +69,49 @@ class Rules:
             stats_window_s=settings.stats_window_s,
             stats_lateness_s=settings.stats_lateness_s,
         )
+
+
+def partner_statistics_statement(r: Rules) -> str:
+    """What partner-statistics publishes under these rules and, with DP, the (epsilon, delta) per window and day."""
+    if r.dp is None:
+        return (f"partner-statistics: k-anonymous regions (k = {r.kanon.k}), no differential privacy "
+                "(CROSSPATHS_DP_EPSILON unset)")
+    where = (f"every cell of the declared area ({len(r.dp_area.cells)} cells, {r.dp_area.area_km2:.0f} km²) gets a "
+             f"noisy count, published from k = {r.kanon.k}" if r.dp_area is not None else
+             f"cells seen in the data, published from a noisy count of "
+             f"{max(r.kanon.k, publication_threshold(r.dp))}")
+    return (f"partner-statistics: differential privacy at H3 resolution {r.dp.resolution}, {where}; each user in "
+            f"at most {r.dp.cells_per_shard} cell(s) in each of {r.dp.shards} statistics partition(s) "
+            f"(sensitivity {r.dp.sensitivity}); {r.dp_budget.statement()}")
+
+
+def stats_partition(cell: str, settings: Settings) -> int:
+    """The stats-cells partition holding a cell's counts: its statistics key's (outbox.key_partition)."""
+    key = h3.cell_to_parent(cell, settings.h3_coarsest_resolution)
+    return zlib.crc32(key.encode()) % settings.partitions
+
+
+def dp_rules(settings: Settings) -> tuple[DPParams | None, ServiceArea | None, dict[int, frozenset[str]]]:
+    """The DP parameters (with their shards), the declared area and its cells per statistics partition."""
+    if not settings.dp_epsilon:
+        if settings.dp_domain is not None:
+            raise ValueError(f"dp_domain={str(settings.dp_domain)!r} is set but dp_epsilon is not: "
+                             "set CROSSPATHS_DP_EPSILON too, or unset CROSSPATHS_DP_DOMAIN")
+        return None, None, {}
+    res = settings.dp_resolution
+    if not settings.h3_coarsest_resolution <= res <= settings.h3_base_resolution:
+        # Coarser than the statistics key, one noisy cell would be counted apart in several partitions.
+        raise ValueError(f"dp_resolution={res} must be in [h3_coarsest_resolution={settings.h3_coarsest_resolution}, "
+                         f"h3_base_resolution={settings.h3_base_resolution}]")
+    area = ServiceArea.from_file(settings.dp_domain, res) if settings.dp_domain is not None else None
+    cells: dict[int, set[str]] = {}
+    for cell in area.cells if area else ():
+        cells.setdefault(stats_partition(cell, settings), set()).add(cell)
+    # Each statistics partition bounds a user on its own: all those one user can reach share the budget.
+    shards = len(cells) if area else settings.partitions
+    dp = DPParams(epsilon=settings.dp_epsilon, max_cells_per_user=settings.dp_max_cells_per_user,
+                  delta=settings.dp_delta, resolution=res, shards=shards)
+    return dp, area, {p: frozenset(c) for p, c in cells.items()}
 
 
 @functools.cache

@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from geo.crossings import CrossingParams
@@ -29,6 +30,22 @@ class Settings(BaseSettings):
     app_id: str = "crosspaths"
     web_port: int = 6066
     home: Path = Field(default_factory=_default_home)
+
+    # Credentials (streams/clients.py): every client of the worker and the commands takes them from here.
+    # client_properties is a Kafka client properties file (what `broker start --secure` writes per
+    # principal); a field set here as well wins over the file's value.
+    client_properties: Path | None = None
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] | None = None  # None: the file's, else PLAINTEXT
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = None  # None: the file's, else SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None  # SASL_SSL: the CA that signed the brokers' certificates (None: the system's)
+
+    # Replication (topics create, the worker's own topics and changelogs). One local broker: 1, 1, 0.
+    # A production cluster: 3 replicas, min.insync.replicas 2 (acks=all then survives one lost broker).
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(1, ge=1)
+    table_standby_replicas: int = Field(0, ge=0)  # workers keeping a hot copy of each table partition
 
     # Local broker (crosspaths broker start)
     kafka_version: str = "4.1.1"
@@ -70,16 +87,34 @@ class Settings(BaseSettings):
     dp_max_cells_per_user: int = 4
     dp_delta: float = 1e-6  # at most anonymizers.dp.MAX_DELTA: the worker refuses more
     dp_resolution: int = Field(7, ge=0, le=15)  # H3 resolution of noisy cells (fixed, data-independent)
+    # The declared service area (anonymizers.servicearea): a GeoJSON polygon file, or a file of H3 cells.
+    # Set: every cell of it at dp_resolution gets a noisy count each window (pure epsilon-DP, threshold k).
+    dp_domain: Path | None = None
 
     # Retention
     # Every record of the raw input and internal topics is gone from the broker within this many hours
     # of being written (retention + segment roll + the broker's retention check: streams/topics.py).
-    raw_lifetime_hours: int = Field(24, ge=1)
+    raw_lifetime_hours: float = Field(24, gt=0, le=24 * 31)
+    # Compacted topics and changelogs: a tombstoned or overwritten value is compacted away within
+    # compaction_lag_s (+ segment roll), the tombstone itself kept tombstone_retention_s more: consumers
+    # of `crossings` must read within that to see every tombstone.
+    compaction_lag_s: float = Field(6 * 3600, ge=1)
+    tombstone_retention_s: float = Field(86400, ge=0)
+    # Kafka's log cleaner threads serve every compacted log of the broker in turn: the time allowed per
+    # cleaning pass for them to reach one (counted twice in an erasure's horizon on compacted topics).
+    cleaner_slack_s: float = Field(1800, ge=0)
     broker_retention_check_ms: int = Field(300_000, ge=1000)  # the cluster's log.retention.check.interval.ms
     crossings_retention_days: int = Field(30, ge=1)  # also bounds who-met-whom state (pair stage)
     stats_retention_days: int = 25 * 31
     inactivity_days: int = 3 * 365
     inactivity_grace_days: int = 30
+
+    @model_validator(mode="after")
+    def _writes_can_succeed(self) -> "Settings":
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas={self.min_insync_replicas} exceeds replication_factor="
+                             f"{self.replication_factor}: no acks=all write could ever succeed")
+        return self
 
     def crossing_params(self, **overrides) -> CrossingParams:
         """The crossing rules of these settings as geo.crossings.CrossingParams (fields overridable)."""

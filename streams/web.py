@@ -1,4 +1,4 @@
-"""The worker's web pages: health, counters, stage timings, stage state, and what it holds about a user.
+"""The worker's web pages: health, counters, stage timings, stage state, metrics, and what it holds about a user.
 
 Read-only views of the stages' state objects; no user data except on /audit/, which answers for
 the one user asked about (for `crosspaths audit user`).
@@ -10,10 +10,12 @@ import time
 
 from schemas.timefmt import format_ts
 from streams.app import app, counter_table, receipt_table, settings
+from streams.metrics import CONTENT_TYPE, consumer_lag, render, worker_metrics
 from streams.plumbing.bulk import stage_stats
+from streams.plumbing.tallies import tallies
 from streams.plumbing.tables import peek
 from streams.stages.detection import detectors
-from streams.stages.erasure import pseudonyms_of
+from streams.stages.erasure import pseudonyms_of, receipt_keys
 from streams.stages.pairs import pair_partitions
 from streams.stages.statistics import connection_windows, location_windows
 from streams.stages.users import users
@@ -37,6 +39,24 @@ async def batches_view(web, request):
     return web.json({topic: vars(stats) for topic, stats in stage_stats(app).items()})
 
 
+@app.page("/metrics")
+async def metrics_view(web, request):
+    """Prometheus text format: ingest outcomes, dead letters by reason, records sent, windows, stage time, lag."""
+    families = worker_metrics({k: v for k, v in counter_table.items()}, tallies(app), stage_stats(app),
+                              await _consumer_lag(), settings.app_id, settings.topic("crossings"),
+                              settings.topic("erasure-receipts"))
+    return web.bytes(render(families), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _consumer_lag() -> dict[tuple[str, int], int]:
+    """End offset minus committed offset of each partition this worker consumes (none before assignment)."""
+    partitions = list(app.consumer.assignment())
+    if not partitions:
+        return {}
+    # _committed_offset: Faust's record of what it committed, per partition (no public accessor)
+    return consumer_lag(await app.consumer.highwaters(*partitions), app.consumer._committed_offset)
+
+
 @app.page("/state/")
 async def state_view(web, request):
     """Per stage partition of this worker: watermark, the input partition holding it back, state held."""
@@ -56,7 +76,7 @@ def held_about(user: str) -> dict:
         "detector_pings": sum(s.detector.pings_of(user) for s in detectors.values()),
         "consent_versions": sum(user in s.consent_versions for s in detectors.values()),
         "crossing_pairs": sum(len(s.cooldown.partners_of(user)) for s in pair_partitions.values()),
-        "pending_receipts": int(peek(receipt_table, user) is not None),
+        "pending_receipts": int(bool(user) and peek(receipt_table, receipt_keys(user)[0]) is not None),
         "ingest_caches": users.entries_of(user),
         "location_memberships": location_windows.memberships_of(members),
         "connection_memberships": connection_windows.memberships_of(members),

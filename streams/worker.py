@@ -14,7 +14,7 @@ import faust
 from anonymizers.useragent import reduce_user_agent
 from streams import web  # noqa: F401  (pages)
 from streams.app import app, settings
-from streams.rules import rules
+from streams.rules import partner_statistics_statement, rules
 from streams.stages import detection, erasure, ingest, pairs, statistics  # noqa: F401  (agents, timers)
 
 __all__ = ("app", "run")
@@ -42,5 +42,6 @@ async def warm_up() -> None:
 def run(loglevel: str = "warn") -> None:
     """Start the worker (blocks): its data folder, its rules, then Faust."""
     (Path(settings.home).expanduser() / "faust").mkdir(parents=True, exist_ok=True)
-    rules()  # the pseudonym secret and zones now, so that a bad setting stops the start, not a stage
+    r = rules()  # the pseudonym secret, zones and DP area now, so that a bad setting stops the start, not a stage
+    print(partner_statistics_statement(r), flush=True)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

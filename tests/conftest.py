@@ -10,6 +10,8 @@ from streams.tools import broker
 from streams.settings import Settings
 
 TEST_BROKER_PORT = int(os.environ.get("CROSSPATHS_TEST_BROKER_PORT", "19092"))
+# The test broker checks retention every 5 s, so that tests with short lifetimes see records go.
+TEST_RETENTION_CHECK_MS = 5000
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +22,8 @@ def kafka_bootstrap():
         yield external
         return
     local = Settings(broker_port=TEST_BROKER_PORT, controller_port=TEST_BROKER_PORT + 1,
-                     bootstrap_servers=f"127.0.0.1:{TEST_BROKER_PORT}")
+                     bootstrap_servers=f"127.0.0.1:{TEST_BROKER_PORT}",
+                     broker_retention_check_ms=TEST_RETENTION_CHECK_MS)
     started = broker.running_pid(local) is None
     if started:
         # A fresh broker per session: topics of earlier sessions (every test makes its own) would

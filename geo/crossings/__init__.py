@@ -2,26 +2,27 @@
 
 | module | what |
 |---|---|
-| `model` | `CrossingParams` (the defaults), `Fix`, `Crossing`, keys, bands, and the shared rules: the exact test, zones, `is_usable` (accuracy), `cooldown_over` |
-| `search` | `detect_crossings`, `detect_pairs`: a frame of pings at once (grid search) |
+| `model` | `CrossingParams` (the defaults), `Fix`, `Crossing`, keys, bands, and the shared rules: the exact test, zones, `is_usable` (accuracy), `cooldown_period` and `supersedes` (one report per pair and period) |
+| `search` | `detect_crossings`, `detect_pairs`, `latest_per_pair`: a frame of pings at once (grid search) |
 | `routing` | `route`, `route_many`: the partition keys of a fix in the stream |
 | `detector` | `CellDetector`: streaming detection at one partition key |
-| `cooldown` | `PairCooldown`: one report per pair per cooldown, in arrival order |
+| `cooldown` | `PairCooldown`: each pair's current record (its latest period's earliest crossing), in any arrival order |
 
 Both forms apply model's rules, so they agree with geo.oracle.brute_force_pairs bit for bit.
 """
 
 from geo.crossings.cooldown import PairCooldown
 from geo.crossings.detector import CellDetector
-from geo.crossings.model import (Crossing, CrossingParams, Fix, LateFix, ParticipantView, cooldown_over,
-                                 distance_band, distance_bands, is_usable, pair_key, place_of, split_pair_key)
+from geo.crossings.model import (Crossing, CrossingParams, Fix, LateFix, ParticipantView, cooldown_period,
+                                 distance_band, distance_bands, is_usable, pair_key, place_of, split_pair_key,
+                                 supersedes)
 from geo.crossings.routing import Routes, route, route_many
 
 
 def __getattr__(name: str):
     # The batch search needs pandas (~0.3 s to import): loaded on first use, so the worker's and
     # the CLI's settings, which read CrossingParams' defaults, do not pay for it.
-    if name in ("detect_crossings", "detect_pairs"):
+    if name in ("detect_crossings", "detect_pairs", "latest_per_pair"):
         from geo.crossings import search
 
         return getattr(search, name)
@@ -37,9 +38,11 @@ __all__ = [
     "distance_bands",
     "place_of",
     "is_usable",
-    "cooldown_over",
+    "cooldown_period",
+    "supersedes",
     "detect_crossings",
     "detect_pairs",
+    "latest_per_pair",
     "route",
     "route_many",
     "Routes",

@@ -1,22 +1,26 @@
-"""Per-pair cooldown over crossings repartitioned by pair_key: PairCooldown.
+"""Each pair's current record over crossings repartitioned by pair_key: PairCooldown.
 
-The rule is model.cooldown_over's: a pair is reported again only at or after its last report
-plus cooldown_s. The batch search applies it to a whole frame at once; the streaming detector
-offers its matches here in arrival order.
+The rule is model.supersedes': per pair, the current record is its latest cooldown period's
+earliest crossing. Offered in any order, the same crossings leave the same current record; each
+offer that changes it is a record to publish (the first of a period, or a correction to an
+earlier crossing of that period). The batch search applies the same rule to a whole frame.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-from geo.crossings.model import Crossing, CrossingParams, cooldown_over
+from geo.crossings.model import Crossing, CrossingParams, supersedes
+
+Current = tuple[float, "float | None", "str | None", "str | None"]  # (ts, distance_m, place, band) of a pair's record
 
 
 class PairCooldown:
-    """Per-pair cooldown over crossings repartitioned by pair_key: report a pair at most once per cooldown_s.
+    """Each pair's current record (its latest period's earliest crossing), from crossings offered in any order.
 
     It also remembers who was reported with whom, so that a withdrawal can be retracted on every
     partner's side. That memory is itself personal data (who met whom), so it is kept no longer
@@ -29,7 +33,7 @@ class PairCooldown:
 
     def __init__(self, params: CrossingParams = CrossingParams()):
         self.params = params
-        self._last: dict[tuple[str, str], float] = {}
+        self._last: dict[tuple[str, str], Current] = {}
         # user -> {partner: None}: dicts of strings stay untracked by Python's cycle collector, sets
         # would not (with millions of users, every full collection walked them: 100-270 ms pauses).
         self._partners: dict[str, dict[str, None]] = {}
@@ -37,39 +41,44 @@ class PairCooldown:
         self._by_hour: dict[int, list[tuple[str, str]]] = {}  # hour -> pairs reported in it (maybe since again)
 
     def offer(self, crossing: Crossing) -> bool:
-        """Whether this crossing is to be reported (and, if so, remember it)."""
-        return self.offer_pair(crossing.user_a, crossing.user_b, crossing.ts)
+        """Whether this crossing replaces its pair's current record (and, if so, remember it)."""
+        return self.offer_pair(crossing.user_a, crossing.user_b, crossing.ts, crossing.distance_m, crossing.place,
+                               crossing.distance_band)
 
-    def offer_pair(self, user_a: str, user_b: str, ts: float, reported_at: float | None = None) -> bool:
+    def offer_pair(self, user_a: str, user_b: str, ts: float, distance_m: float | None = None,
+                   place: str | None = None, band: str | None = None, reported_at: float | None = None) -> bool:
         """offer() for the crossing of user_a < user_b at ts, without building it.
 
+        distance_m/place/band None: not known (the detector's pre-filter knows no place); such an
+        offer wins a tie on what is known (model.supersedes).
         `reported_at`: when a reported crossing is published (wall clock), for `forget_reported_before`.
         """
         pair = (user_a, user_b)
         last = self._last.get(pair)
-        if last is not None:
-            if not cooldown_over(ts, last, self.params.cooldown_s):
-                return False
-            self._last[pair] = ts  # partners already recorded
-            if reported_at is not None:
-                self._mark(pair, reported_at)
-            return True
-        self._last[pair] = ts
+        if last is not None and not supersedes(ts, distance_m, place, band, last, self.params.cooldown_s):
+            return False
+        self._last[pair] = (ts, distance_m, None if place is None else sys.intern(place),
+                            None if band is None else sys.intern(band))
         if reported_at is not None:
             self._mark(pair, reported_at)
-        partners = self._partners
-        for user, other in ((user_a, user_b), (user_b, user_a)):
-            known = partners.get(user)
-            if known is None:
-                partners[user] = {other: None}
-            else:
-                known[other] = None
+        if last is None:
+            partners = self._partners
+            for user, other in ((user_a, user_b), (user_b, user_a)):
+                known = partners.get(user)
+                if known is None:
+                    partners[user] = {other: None}
+                else:
+                    known[other] = None
         return True
 
+    def current(self, user_a: str, user_b: str) -> Current | None:
+        """The pair's current record (ts, distance_m, place, band), None if it has none."""
+        return self._last.get((user_a, user_b))
+
     def last_reported(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """When each pair (user_a < user_b) was last reported: epoch seconds, -inf if never (or forgotten)."""
-        last, never = self._last, -math.inf
-        return np.asarray([last.get(pair, never) for pair in pairs], dtype=np.float64)
+        """The time of each pair's current record (user_a < user_b): epoch seconds, -inf if none (or forgotten)."""
+        last, never = self._last, (-math.inf,)
+        return np.asarray([last.get(pair, never)[0] for pair in pairs], dtype=np.float64)
 
     def _mark(self, pair: tuple[str, str], reported_at: float) -> None:
         hour = int(reported_at // self._HOUR)
@@ -112,7 +121,7 @@ class PairCooldown:
         return frozenset(self._partners.get(user_id, ()))
 
     def purge_user(self, user_id: str) -> list[str]:
-        """Forget a user; returns the partners it had reported crossings with (sorted), for retraction."""
+        """Forget a user; returns the partners it had reported crossings with (sorted), for their tombstones."""
         partners = sorted(self._partners.pop(user_id, ()))
         for other in partners:
             pair = (user_id, other) if user_id < other else (other, user_id)
@@ -126,30 +135,30 @@ class PairCooldown:
         return partners
 
     def expire(self, before: float) -> int:
-        """Forget pairs last reported before `before` (their next crossing is reported); returns how many."""
-        old = [pair for pair, t in self._last.items() if t < before]
+        """Forget pairs whose current record is older than `before` (their next crossing is offered as new)."""
+        old = [pair for pair, current in self._last.items() if current[0] < before]
         for pair in old:
             self._drop(pair)
         return len(old)
 
     def snapshot(self) -> dict:
-        """JSON-ready state: [user_a, user_b, last ts] per pair, with the hour of its last report if known."""
+        """JSON-ready state: [user_a, user_b, ts, distance_m, place, band, reported_at] per pair (None: unknown)."""
         hour_of = self._hour_of
-        return {"last": [[a, b, t] if (a, b) not in hour_of else [a, b, t, hour_of[(a, b)] * self._HOUR]
-                         for (a, b), t in sorted(self._last.items())]}
+        return {"last": [[a, b, t, d, place, band, hour_of[(a, b)] * self._HOUR if (a, b) in hour_of else None]
+                         for (a, b), (t, d, place, band) in sorted(self._last.items())]}
 
     @classmethod
     def restore(cls, snapshot: dict, params: CrossingParams = CrossingParams()) -> "PairCooldown":
-        """A PairCooldown from a snapshot() (entries [a, b, ts] or [a, b, ts, reported_at])."""
+        """A PairCooldown from a snapshot() (entries [a, b, ts, distance_m, place, band, reported_at])."""
         self = cls(params)
-        for a, b, t, *reported_at in snapshot.get("last", []):
+        for a, b, t, d, place, band, reported_at in snapshot.get("last", []):
             if not a < b:
                 raise ValueError(f"snapshot pair ({a!r}, {b!r}) is not sorted")
-            self._last[(a, b)] = float(t)
+            self._last[(a, b)] = (float(t), None if d is None else float(d), place, band)
             self._partners.setdefault(a, {})[b] = None
             self._partners.setdefault(b, {})[a] = None
-            if reported_at:
-                self._mark((a, b), float(reported_at[0]))
+            if reported_at is not None:
+                self._mark((a, b), float(reported_at))
         return self
 
     def __len__(self) -> int:

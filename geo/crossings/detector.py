@@ -17,7 +17,7 @@ import numpy as np
 from geo.clock import EventClock
 from geo.crossings.cooldown import PairCooldown
 from geo.crossings.model import (_MARGIN, Crossing, CrossingParams, Fix, LateFix, _expand, _match, _outside_zones,
-                                 cooldown_over, distance_bands, is_usable)
+                                 cooldown_period, distance_bands, is_usable)
 from geo.distance import EARTH_RADIUS_M, cos_lat, midpoint
 from geo.zones import SensitiveZones
 
@@ -135,9 +135,10 @@ class CellDetector:
         lateness follows the watermark as it advances within the batch, and a fix is matched
         against the live pings of its key and the earlier fixes of the batch in that key.
 
-        With a cooldown, result i keeps only the crossings `cooldown.offer` accepts, offered in
-        the same order as one by one; the others are never built (dense places produce many
-        crossings per fix, nearly all of them repeats within the cooldown).
+        With a cooldown, result i keeps only the crossings that may still be a pair's final record
+        (`_offered`): per pair, the batch's best match if it supersedes what was let through
+        before; the others are never built (dense places produce many crossings per fix, nearly
+        all of them repeats within the cooldown period).
         """
         p = self.params
         n = len(users)
@@ -231,7 +232,7 @@ class CellDetector:
             if hit.size and self.zones:
                 hit = hit[_outside_zones(a[_LAT, hit], a[_LON, hit], b[_LAT, hit], b[_LON, hit], self.zones)[2]]
             if hit.size and cooldown is not None:
-                hit = hit[self._offered(a[:, hit], b[:, hit], cooldown)]
+                hit = hit[self._offered(a[:, hit], b[:, hit], d[hit], cooldown)]
             if hit.size:
                 for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit])):
                     results[order[r]].append(crossing)
@@ -253,48 +254,41 @@ class CellDetector:
             keys_of.append(names[g])
         return results
 
-    def _offered(self, a: np.ndarray, b: np.ndarray, cooldown: PairCooldown) -> np.ndarray:
-        """Which matched pairs (in order) `cooldown` reports; offers them in that order.
-
-        Per pair, the first match at or after the pair's cooldown end is reported; in the common
-        case no later match of the batch is a cooldown past it, and the pair is settled without
-        a Python loop over its matches. Other pairs replay offer()'s rule match by match.
+    def _offered(self, a: np.ndarray, b: np.ndarray, d: np.ndarray, cooldown: PairCooldown) -> np.ndarray:
+        """Which matched pairs `cooldown` lets through: per pair, its best match of the batch in
+        model.supersedes' order (latest period, earliest time, smallest distance), if it supersedes
+        what was let through before. What is held back can never be a pair's final record:
+        something let through before is at least as good.
         """
         ts = np.maximum(a[_TS], b[_TS])
+        period = cooldown_period(ts, cooldown.params.cooldown_s)
         ua, ub = a[_UID].astype(np.int64), b[_UID].astype(np.int64)
         code = (np.minimum(ua, ub) << 32) | np.maximum(ua, ub)
-        by_pair = np.argsort(code, kind="stable")  # each pair's matches together, in arrival order
-        sorted_code, sorted_ts = code[by_pair], ts[by_pair]
+        by_pair = np.lexsort((d, ts, -period, code))  # per pair: latest period first, then earliest, nearest
+        sorted_code = code[by_pair]
         total = code.size
         starts = np.flatnonzero(np.r_[True, sorted_code[1:] != sorted_code[:-1]])
-        sizes = np.diff(np.r_[starts, total])
-        users, wait = self._users, cooldown.params.cooldown_s
+        group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, total]))
+        best = by_pair[starts]
+        best_ts, best_period, best_d = ts[best], period[best], d[best]
+        users = self._users
         pairs = []
-        for x, y in zip(ua[by_pair[starts]].tolist(), ub[by_pair[starts]].tolist()):
+        for x, y in zip(ua[best].tolist(), ub[best].tolist()):
             x, y = users[x], users[y]
             pairs.append((x, y) if x < y else (y, x))
+        # Most pairs of a dense batch are repeats within their period: settled on time alone.
         last = cooldown.last_reported(pairs)
-        group = np.repeat(np.arange(starts.size), sizes)
-        position = np.arange(total)
-        first = np.minimum.reduceat(np.where(cooldown_over(sorted_ts, last[group], wait), position, total), starts)
-        reported = first < total
-        again = np.full(starts.size, math.inf)  # the batch's first report of each pair (inf: none)
-        again[reported] = sorted_ts[first[reported]]
-        more = np.maximum.reduceat((position > first[group]) & cooldown_over(sorted_ts, again[group], wait), starts)
-        chosen: list[int] = []
-        for g in np.flatnonzero(reported).tolist():
-            pair = pairs[g]
-            if not more[g]:
-                k = int(first[g])
-                cooldown.offer_pair(pair[0], pair[1], float(sorted_ts[k]))
-                chosen.append(int(by_pair[k]))
-                continue
-            lo = int(starts[g])
-            for k, t in enumerate(sorted_ts[lo : lo + int(sizes[g])].tolist(), start=lo):
-                if cooldown.offer_pair(pair[0], pair[1], t):
-                    chosen.append(int(by_pair[k]))
+        last_period = cooldown_period(last, cooldown.params.cooldown_s)
+        through = (best_period > last_period) | ((best_period == last_period) & (best_ts <= last))
+        offered = np.zeros(starts.size, dtype=bool)
+        go = np.flatnonzero(through)
+        offer = cooldown.offer_pair
+        offered[go] = [offer(*pairs[g], t, dd) for g, t, dd in zip(go.tolist(), best_ts[go].tolist(), best_d[go].tolist())]
+        # Matches tied with the best on time and distance (the same geometry, in practice) go too:
+        # their place, which decides such a tie, is not computed here.
+        tied = (ts[by_pair] == best_ts[group]) & (d[by_pair] == best_d[group]) & (period[by_pair] == best_period[group])
         mask = np.zeros(total, dtype=bool)
-        mask[chosen] = True
+        mask[by_pair[tied & offered[group]]] = True
         return mask
 
     def _describe_pairs(self, a: np.ndarray, b: np.ndarray, d: np.ndarray) -> list[Crossing]:
@@ -304,12 +298,12 @@ class CellDetector:
         users, res = self._users, self.params.place_resolution
         latlng_to_cell = h3.latlng_to_cell
         out: list[Crossing] = []
-        for ua, ub, ta, tb, la, lo, band in zip(a[_UID].astype(np.int64).tolist(), b[_UID].astype(np.int64).tolist(),
-                                                a[_TS].tolist(), b[_TS].tolist(), np.atleast_1d(mlat).tolist(),
-                                                np.atleast_1d(mlon).tolist(), bands.tolist()):
+        for ua, ub, ta, tb, la, lo, band, dd in zip(a[_UID].astype(np.int64).tolist(), b[_UID].astype(np.int64).tolist(),
+                                                    a[_TS].tolist(), b[_TS].tolist(), np.atleast_1d(mlat).tolist(),
+                                                    np.atleast_1d(mlon).tolist(), bands.tolist(), d.tolist()):
             x, y = users[ua], users[ub]
             out.append(Crossing(*((x, y) if x < y else (y, x)), ta if ta > tb else tb,
-                                latlng_to_cell(la, lo, res), band))
+                                latlng_to_cell(la, lo, res), band, dd))
         return out
 
     def pings_of(self, user_id: str) -> int:

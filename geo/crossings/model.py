@@ -4,8 +4,11 @@ Definition: users A != B cross when some usable ping p of A and q of B satisfy
 |t_p - t_q| <= window_s and haversine(p, q) <= distance_m. A ping is usable when
 its accuracy_m is missing or <= max_accuracy_m (`is_usable`). A crossing is never
 reported when either ping or the midpoint of the two lies inside a sensitive zone
-(`_outside_zones`). A pair is reported again only once its cooldown is over
-(`cooldown_over`).
+(`_outside_zones`). Time is cut into cooldown periods aligned on the epoch
+(`cooldown_period`); per pair and period, the reported crossing is the earliest in event time,
+ties broken by distance, then place, then band (`supersedes`), so the report is a function of the
+input, whatever order crossings are found in. A pair's current record is that of its latest
+period (`supersedes`): an earlier crossing found later corrects it, an older period never does.
 
 The batch search, the router, the streaming detector and the cooldown all apply
 these functions, never a copy of them, so that every form agrees with
@@ -100,6 +103,7 @@ class Crossing:
     ts: float  # epoch seconds, max of the two ping times
     place: str  # H3 cell of the midpoint of the two fixes
     distance_band: str
+    distance_m: float | None = None  # exact, for the order of model.supersedes; never published
 
     def __post_init__(self) -> None:
         if not self.user_a < self.user_b:
@@ -152,17 +156,40 @@ def is_usable(accuracy_m, params: CrossingParams):
     return ~(np.asarray(accuracy_m, dtype=np.float64) > params.max_accuracy_m)  # unknown accuracy is usable
 
 
-def cooldown_end(last_reported_ts, cooldown_s: float):
-    """When a pair last reported at last_reported_ts (numbers or arrays) may be reported again."""
-    return last_reported_ts + cooldown_s
+def cooldown_period(ts, cooldown_s: float):
+    """The cooldown period of a crossing at ts (a number or an array): floor(ts / cooldown_s), aligned on the epoch.
 
-
-def cooldown_over(ts, last_reported_ts, cooldown_s: float):
-    """Whether a pair's crossing at ts is reported, its last report being at last_reported_ts (numbers or arrays).
-
-    The first crossing of a pair is reported: pass last_reported_ts=-inf. +inf means never.
+    A pair is reported at most once per period. cooldown_s = 0: every distinct time is its own period.
     """
-    return ts >= cooldown_end(last_reported_ts, cooldown_s)
+    if cooldown_s == 0:
+        return ts
+    if isinstance(ts, (int, float)):
+        return math.floor(ts / cooldown_s) if math.isfinite(ts) else ts
+    return np.floor(np.asarray(ts, dtype=np.float64) / cooldown_s)
+
+
+def supersedes(ts: float, distance_m: float | None, place: str | None, band: str | None,
+               current: tuple[float, float | None, str | None, str | None] | None, cooldown_s: float) -> bool:
+    """Whether a pair's crossing replaces its `current` record (ts, distance_m, place, band), None if it has none.
+
+    A crossing of a later period replaces it; of the same period, only one before it in the stated
+    order: earlier event time, then smaller distance (the exact metres of model._match, which every
+    detector computes alike), then smaller place (H3 string), then smaller band string; of an older
+    period, never. The final record of a pair is thus its latest period's first crossing in that
+    order, whatever order crossings arrive in. A value not known yet (None: the detector's
+    pre-filter knows no place) wins a tie on what is known, so that a later stage decides it.
+    """
+    if current is None:
+        return True
+    p, q = cooldown_period(ts, cooldown_s), cooldown_period(current[0], cooldown_s)
+    if p != q:
+        return p > q
+    for mine, theirs in zip((ts, distance_m, place, band), current):
+        if mine is None or theirs is None:
+            return True
+        if mine != theirs:
+            return mine < theirs
+    return False
 
 
 def _fmt_m(x: float) -> str:

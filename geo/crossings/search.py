@@ -17,7 +17,7 @@ import h3
 import numpy as np
 import pandas as pd
 
-from geo.crossings.model import (_DEG, _MARGIN, CrossingParams, _expand, _match, _outside_zones, cooldown_end,
+from geo.crossings.model import (_DEG, _MARGIN, CrossingParams, _expand, _match, _outside_zones, cooldown_period,
                                  distance_bands, is_usable)
 from geo.distance import EARTH_RADIUS_M, cos_lat, midpoint
 from geo.zones import SensitiveZones
@@ -249,36 +249,26 @@ def _matching_pairs(pings: _Pings, params: CrossingParams, chunk: int = 1 << 17,
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
 
 
-def _apply_cooldown(pair: np.ndarray, ts: np.ndarray, tie: np.ndarray, cooldown_s: float) -> np.ndarray:
-    """Indices of the crossings reported under a per-pair cooldown, in event-time order."""
-    n = len(pair)
-    if n == 0:
+def _earliest_per_period(pair: np.ndarray, period: np.ndarray, ts: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Indices of each (pair, period)'s first crossings by (ts, distance): all those tied with the first."""
+    if len(pair) == 0:
         return np.empty(0, np.int64)
-    _, inv, counts = np.unique(pair, return_inverse=True, return_counts=True)
-    single = counts[inv] == 1
-    out = [np.flatnonzero(single)]
-    multi = np.flatnonzero(~single)
-    if multi.size:
-        order = multi[np.lexsort((tie[multi], ts[multi], inv[multi]))]
-        p, t = inv[order].astype(np.int64), ts[order]
-        m = len(order)
-        sorted_t = np.sort(t)
-        M = np.int64(m + 1)
-        keys = p * M + np.searchsorted(sorted_t, t, side="left")
-        # The pair's next report: its first match at or after the cooldown's end (side="left": ts >= end,
-        # model.cooldown_over's rule; ranks in sorted_t keep that order exactly).
-        nxt = np.searchsorted(keys, p * M + np.searchsorted(sorted_t, cooldown_end(t, cooldown_s), side="left"))
-        nxt = np.maximum(nxt, np.arange(1, m + 1))
-        reported = np.zeros(m, dtype=bool)
-        frontier = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
-        while frontier.size:
-            reported[frontier] = True
-            nx = nxt[frontier]
-            ok = nx < m
-            nx, cur = nx[ok], frontier[ok]
-            frontier = nx[p[nx] == p[cur]]
-        out.append(order[reported])
-    return np.concatenate(out)
+    order = np.lexsort((d, ts, period, pair))
+    p, q, t, dd = pair[order], period[order], ts[order], d[order]
+    new_group = np.r_[True, (p[1:] != p[:-1]) | (q[1:] != q[:-1])]
+    first = np.flatnonzero(new_group)[np.cumsum(new_group) - 1]
+    return order[(t == t[first]) & (dd == dd[first])]
+
+
+def _break_ties(pair: np.ndarray, period: np.ndarray, place: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """Positions keeping one row per (pair, period): the smallest (place, band), model.supersedes' last keys."""
+    if len(pair) == 0:
+        return np.empty(0, np.int64)
+    place_rank = np.unique(place.astype(str), return_inverse=True)[1].reshape(-1)
+    band_rank = np.unique(band.astype(str), return_inverse=True)[1].reshape(-1)
+    order = np.lexsort((band_rank, place_rank, period, pair))
+    p, q = pair[order], period[order]
+    return np.sort(order[np.r_[True, (p[1:] != p[:-1]) | (q[1:] != q[:-1])]])
 
 
 def _places(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
@@ -294,7 +284,8 @@ def detect_crossings(
     fixes: pd.DataFrame, params: CrossingParams = CrossingParams(), zones: SensitiveZones | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Reported crossings (user_a, user_b, ts, place, distance_band) of a frame of pings, after cooldown.
+    """Reported crossings (user_a, user_b, ts, place, distance_band) of a frame of pings: per pair and
+    cooldown period, the earliest crossing (ties: smallest distance, then place, then band; model.supersedes).
 
     `progress(searched, total)`, if given, is called as the search goes through the usable pings.
     """
@@ -306,19 +297,37 @@ def detect_crossings(
     ui, uj = pings.user[i], pings.user[j]
     a, b = np.minimum(ui, uj), np.maximum(ui, uj)
     cts = np.maximum(pings.ts[i], pings.ts[j])
-    sel = _apply_cooldown(a * len(pings.names) + b, cts, d, params.cooldown_s)
-    sel = sel[np.lexsort((b[sel], a[sel], cts[sel]))]
-    i, j = i[sel], j[sel]
-    mlat, mlon = midpoint(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j])
+    pair = a * len(pings.names) + b
+    period = cooldown_period(cts, params.cooldown_s)
+    sel = _earliest_per_period(pair, period, cts, d)
+    mlat, mlon = midpoint(pings.lat[i[sel]], pings.lon[i[sel]], pings.lat[j[sel]], pings.lon[j[sel]])
+    places = _places(np.atleast_1d(mlat), np.atleast_1d(mlon), params.place_resolution)
+    bands = distance_bands(d[sel], params)
+    keep = _break_ties(pair[sel], period[sel], places, bands)
+    sel, places, bands = sel[keep], places[keep], bands[keep]
+    out = np.lexsort((b[sel], a[sel], cts[sel]))
+    sel, places, bands = sel[out], places[out], bands[out]
     return pd.DataFrame(
         {
             "user_a": pings.names[a[sel]],
             "user_b": pings.names[b[sel]],
             "ts": cts[sel],
-            "place": _places(np.atleast_1d(mlat), np.atleast_1d(mlon), params.place_resolution),
-            "distance_band": distance_bands(d[sel], params),
+            "place": places,
+            "distance_band": bands,
         }
     )
+
+
+def latest_per_pair(crossings: pd.DataFrame) -> pd.DataFrame:
+    """Each pair's current record from detect_crossings' rows: its latest period's (its latest row).
+
+    What a reader of the compacted `crossings` topic finally sees per pair, one row per pair,
+    sorted by (user_a, user_b).
+    """
+    if crossings.empty:
+        return crossings.reset_index(drop=True)
+    latest = crossings.sort_values("ts", kind="stable").groupby(["user_a", "user_b"], sort=True).tail(1)
+    return latest.sort_values(["user_a", "user_b"], kind="stable").reset_index(drop=True)
 
 
 def detect_pairs(

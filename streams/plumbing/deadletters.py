@@ -20,6 +20,7 @@ from streams.app import app, dead_letters, settings
 from streams.plumbing.bulk import processing
 from streams.plumbing.counters import count_stage
 from streams.plumbing.outbox import Position, Undeliverable, deliveries, send, transient
+from streams.plumbing.tallies import tallies
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ async def dead_letter(topic: str, partition: int, offset: int, key: bytes | None
     """Send one dead letter pointing at a message's source position, keyed by its source topic."""
     letter = DeadLetter.of(topic, partition, offset, key, value, rejection.reason.value, rejection.message,
                            format_ts(time.time()), settings.dead_letter_prefix_bytes)
+    tallies(app).count_rejected(topic, rejection.reason.value)
     try:
         await send(dead_letters, topic.encode(), letter.to_bytes(), sources=list)
     except Undeliverable as exc:

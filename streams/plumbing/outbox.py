@@ -27,6 +27,7 @@ from faust.exceptions import ProducerSendError
 from schemas.batches import encode_batches
 from streams.app import P, app, settings
 from streams.plumbing.bulk import current_batch
+from streams.plumbing.tallies import tallies
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ async def send_many(topic: faust.TopicT | str, messages: list[tuple[bytes | None
             batch.append(key=key, value=value, timestamp=None)  # the first record of a batch always fits
     for partition, batch in open_batches.items():
         await submit(batch, partition)
+    tallies(app).count_sent(name, len(messages))
 
 
 def batch_positions() -> Sources:

@@ -22,6 +22,7 @@ from geo.crossings import CellDetector, LateFix, PairCooldown
 from geo.resume import ReplayLog, ResumePoint, choose, progress_of, remember, restore_progress
 from schemas.timefmt import format_ts
 from streams.app import app, crossing_cells, crossing_pairs, resume_table, settings
+from streams.clients import client_auth
 from streams.plumbing.bulk import batch_agent
 from streams.plumbing.deadletters import late, quarantine
 from streams.plumbing.outbox import Outbox, progress_marker
@@ -184,7 +185,7 @@ async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bo
                            f"{detector.params.lateness_s:.0f} s); it was not used for crossings")
             continue
         for c in result:
-            out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, place=c.place,
+            out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, d=c.distance_m, place=c.place,
                     band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0))
     if emit:
         await out.flush()
@@ -232,6 +233,7 @@ async def _replay(tp, state: DetectorPartition, low: int, end: int) -> tuple[int
 
     part = TopicPartition(tp.topic, tp.partition)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                **client_auth(settings).aiokafka(),
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 client_id=f"{settings.app_id}-detector-replay")
     await consumer.start()

@@ -4,8 +4,8 @@ Consumes the ingest stage's requests (account deletion, consent withdrawal, inac
 reading connection logs) and the stages' erasure-reports. Asks the core:
 anonymizers.retention (the purge plan of an erasure or a withdrawal, inactivity actions and scan
 schedule, receipt drafts, erasure tags). Emits purge requests to every partition of the stages the
-plan names, a retraction on `crossings`, tombstones for compacted topics, inactivity notices, and
-one erasure receipt per erased user once every stage partition has answered.
+plan names (the pair stage tombstones the user's crossings), tombstones for compacted topics,
+inactivity notices, and one erasure receipt per erased user once every stage partition has answered.
 """
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ from faust.types import TP
 
 from anonymizers.retention import (ERASURE_TOMBSTONED_TABLES, Action, Activity, InactivityScan, PurgePlan,
                                    PurgeTarget, ReceiptDraft, erasure_of, erasure_tag, inactivity_actions,
-                                   plan_erasure)
+                                   plan_erasure, receipt_subject)
 from anonymizers.windows import recent_windows
 from geo.clock import EventClock
-from schemas.outputs import CrossingRecord
 from schemas.timefmt import format_ts
 from streams.app import (P, activity_table, app, changelog_topic_name, connection_logs, consent_table, consents, crossing_cells,
-                         crossing_pairs, crossings, erased_table, erasure_receipts, erasure_reports, inactivity_notices,
+                         crossing_pairs, erased_table, erasure_receipts, erasure_reports, inactivity_notices,
                          receipt_table, settings, stats_cells, stats_connections)
 from streams.plumbing.partitioner import partitions_for
 from streams.plumbing.bulk import processing
@@ -73,9 +72,6 @@ async def purge_downstream(user: str, at: float, plan: PurgePlan) -> int:
             if target in plan.targets:
                 body = crossing_body if target in (PurgeTarget.DETECTOR, PurgeTarget.PAIRS) else stats_body
                 await _PURGE_TOPICS[target].send(key=b"purge", value=body, partition=p)
-    if plan.retracts_crossings:
-        await crossings.send(key=user.encode(), value=CrossingRecord(
-            type="retraction", user_id=user, reason=plan.reason, emitted_at=format_ts(time.time())).to_bytes())
     return plan.requests(P)
 
 
@@ -172,29 +168,41 @@ async def build_receipts(stream):
 async def _receipt_one(event: faust.EventT) -> None:
     body = json.loads(event.message.value)
     user = body["user"]
-    done = f"done|{erasure_tag(rules().secret, user)}"  # keyed hash: the marker keeps no user id
+    draft, done = receipt_keys(user)
     erasure = erasure_of(body)
     if erasure is not None and receipt_table.get(done) == erasure:
         return  # a report of an erasure whose receipt is out, delivered again: no new draft
-    saved = receipt_table.get(user)
+    saved = receipt_table.get(draft)
     receipt = ReceiptDraft() if saved is None else ReceiptDraft.from_json(saved)
     receipt.add(body)
     if not receipt.complete:
-        receipt_table[user] = receipt.to_json()  # at this report's partition (co-partitioned by user)
+        receipt_table[draft] = receipt.to_json()  # at this report's partition (co-partitioned by user)
     else:
-        receipt_table.pop(user, None)  # a tombstone in the changelog
+        receipt_table.pop(draft, None)  # a tombstone in the changelog
         receipt_table[done] = receipt.requested_at
         completed = time.time()
         gone_by = {topic: completed + ms / 1000 for topic, ms in erasure_horizons(settings).items()}
-        await erasure_receipts.send(key=user.encode(), value=_json({
-            "user_id": user, "reason": receipt.reason, "requested_at": format_ts(receipt.requested_at),
+        subject = receipt_subject(user)
+        await erasure_receipts.send(key=subject.encode(), value=_json({
+            "subject": subject, "reason": receipt.reason, "requested_at": format_ts(receipt.requested_at),
             "completed_at": format_ts(completed), "purged": receipt.purged,
-            "tombstones": [settings.topic("consents"), *map(changelog_topic_name, ERASURE_TOMBSTONED_TABLES)],
-            "retraction_sent": True,
+            "tombstones": [settings.topic("consents"), settings.topic("crossings"),
+                           *map(changelog_topic_name, ERASURE_TOMBSTONED_TABLES)],
+            "crossings_tombstoned": receipt.purged.get("crossing_pairs", 0),
             # Every copy of what the pipeline held about the user is off the broker by then (the
             # topics' declared lifetimes, streams/topics.py), this receipt excepted.
             "all_copies_gone_by": format_ts(max(gone_by.values())),
             "copies_gone_by": {topic: format_ts(t) for topic, t in sorted(gone_by.items())}}))
+
+
+def receipt_keys(user: str) -> tuple[str, str]:
+    """The receipt-drafts table's keys for a user: its open draft, and the marker of its last receipt.
+
+    Both by keyed hash (erasure_tag): the table's changelog never holds the user id, so nothing of
+    the user waits there for compaction (a rarely written changelog may not roll a segment for long).
+    """
+    tag = erasure_tag(rules().secret, user)
+    return f"draft|{tag}", f"done|{tag}"
 
 
 def _json(obj) -> bytes:

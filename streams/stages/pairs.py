@@ -1,10 +1,12 @@
-"""Pairs: each crossing reported once per cooldown, one record per participant; retractions.
+"""Pairs: each pair's current crossing, one record per participant; tombstones on withdrawal.
 
 Consumes crossing-pairs (candidate crossings by pair key, purge requests). Asks the core:
-geo.crossings.PairCooldown (report a pair at most once per cooldown, who met whom for
-retractions) and anonymizers.consent.WithdrawalGuards (drop candidates computed before a
-withdrawal). Emits crossing records and retractions to `crossings` (keyed by participant),
-and keeps both rules' state in changelogged tables (pair-last, pair-guard).
+geo.crossings.PairCooldown (a pair's current record: its latest cooldown period's earliest
+crossing, whatever the arrival order; who met whom for withdrawals) and
+anonymizers.consent.WithdrawalGuards (drop candidates computed before a withdrawal). Emits to the
+compacted `crossings` topic one record per participant under crossing_key(participant, other)
+each time a pair's current record changes, and tombstones under both keys of every pair of a
+user who withdraws or is erased. Keeps both rules' state in changelogged tables (pair-last, pair-guard).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import orjson
 from anonymizers.consent import WithdrawalGuards
 from anonymizers.retention import DAY_S, erasure_tag
 from geo.crossings import PairCooldown, pair_key, split_pair_key
-from schemas.outputs import CrossingRecord, crossing_bytes
+from schemas.outputs import crossing_bytes, crossing_key
 from schemas.timefmt import format_ts
 from streams.app import app, crossing_pairs, crossings, guard_table, pair_table, settings
 from streams.plumbing.bulk import batch_agent
@@ -50,10 +52,9 @@ class PairPartition:
 
     @classmethod
     def restore(cls, p: int) -> "PairPartition":
-        prefix, now = f"{p}|", time.time()
-        # Pair-table values are [last ts, reported at]; a bare ts (written before reported_at was
-        # kept) counts as reported now, so that it is forgotten one crossings lifetime from now.
-        pairs = [[*split_pair_key(k[len(prefix):]), *(v if isinstance(v, list) else (v, now))]
+        prefix = f"{p}|"
+        # Pair-table values are [ts, reported at, place, band, distance] of the pair's current record.
+        pairs = [[*split_pair_key(k[len(prefix):]), v[0], v[4], v[2], v[3], v[1]]
                  for k, v in pair_table.items() if k.startswith(prefix)]
         guards = {k[len(prefix):]: v for k, v in guard_table.items() if k.startswith(prefix)}
         return cls(PairCooldown.restore({"last": pairs}, rules().crossing), WithdrawalGuards.restore(guards))
@@ -65,7 +66,7 @@ pair_partitions: PartitionStates[PairPartition] = ownership.register(
 
 @batch_agent(app, crossing_pairs)
 async def report(tp, records) -> None:
-    """Report each pair at most once per cooldown, one record per participant; retract on withdrawal."""
+    """Publish each change of a pair's current crossing, one record per participant; tombstones on withdrawal."""
     out = _Reports()
     state = pair_partitions.get(tp.partition)
     await each_record(tp, records, lambda tp_, record: _report_one(tp_.partition, state, record, out))
@@ -76,70 +77,73 @@ async def _report_one(p: int, state: PairPartition, record, out: "_Reports") -> 
     body = orjson.loads(record.value)
     clock = time.time()
     if "purge" in body:
-        await out.flush()  # crossings reported before the purge reach the topic before its retractions
+        await out.flush()  # crossings reported before the purge reach the topic before its tombstones
         await _purge(p, state, body, clock)
         return
     cooldown, guards, now = state.cooldown, state.guards, format_ts(clock)
-    for a, b, ts, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], body["place"], body["band"],
-                                               body["cva"], body["cvb"]):
+    for a, b, ts, d, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], body["d"], body["place"],
+                                                  body["band"], body["cva"], body["cvb"]):
         if guards and guards.blocks(users.tag(a), cva, users.tag(b), cvb):
             users.forget_tag(a), users.forget_tag(b)  # the user may be erased: keep no cached id
             continue  # computed from pings sent before a withdrawal that has already been applied
         if not a < b:
             raise ValueError(f"crossing-pairs record with users {a!r}, {b!r} not in order")
-        if not cooldown.offer_pair(a, b, ts, clock):
-            continue
-        out.pair_reported(p, f"{p}|{pair_key(a, b)}", ts, clock)
+        if not cooldown.offer_pair(a, b, ts, d, place, band, clock):
+            continue  # not the pair's latest period, or not before its record of that period
+        out.pair_reported(p, f"{p}|{pair_key(a, b)}", [ts, clock, place, band, d])
         at = format_ts(ts)
-        for user, other in ((a, b), (b, a)):  # one record per participant, keyed by that participant
-            out.crossing(user, crossing_bytes(user, other, at, place, rules().crossing.place_resolution, band, now))
+        for user, other in ((a, b), (b, a)):  # one record per participant, placed by that participant
+            out.crossing(user, other, crossing_bytes(user, other, at, place, rules().crossing.place_resolution, band, now))
 
 
 async def _purge(p: int, state: PairPartition, body: dict, clock: float) -> None:
-    """Guard against older candidates of the user, forget their pairs, retract on every partner's side."""
+    """Guard against older candidates of the user, forget their pairs, tombstone both sides of each."""
     user = body["purge"]
     tag = erasure_tag(rules().secret, user)  # keyed hash: no user id is kept in this guard
     guard_table[f"{p}|{tag}"] = list(state.guards.withdraw(tag, body["v"], clock))  # at this record's partition
     partners = state.cooldown.purge_user(user)
     await report_purge(p, user, "crossing_pairs", len(partners), body)
-    now = format_ts(clock)
+    out = _Reports()
     for other in partners:
         pair_table.pop(f"{p}|{pair_key(user, other)}", None)
-        await crossings.send(key=other.encode(), value=CrossingRecord(
-            type="retraction", user_id=other, other_user_id=user, reason=body["reason"],
-            emitted_at=now).to_bytes())
+        out.crossing(other, user, None)  # the partner stops showing the user
+        out.crossing(user, other, None)  # and the user's own view of the partner goes too
+    await out.flush()
 
 
 class _Reports:
     """Crossing records and pair-table entries of one batch, sent together by `flush`.
 
-    Crossing records are placed like Kafka's default partitioner places their key (the
-    participant), computed for the whole batch at once (streams.plumbing.partitioner); pair-table
-    entries go to the table's store and changelog directly, in the table's own serialization
-    (json), so that Faust restores them as if written through the table.
+    Crossing records (or tombstones) are keyed crossing_key(participant, other) and placed like
+    Kafka's default partitioner places the participant's id, computed for the whole batch at once
+    (streams.plumbing.partitioner), so that each participant's records share a partition whatever
+    the other party. Pair-table entries go to the table's store and changelog directly, in the
+    table's own serialization (json), so that Faust restores them as if written through the table.
     """
 
     def __init__(self) -> None:
+        self.users: list[bytes] = []
         self.keys: list[bytes] = []
-        self.values: list[bytes] = []
+        self.values: list[bytes | None] = []
         self.entries: list[tuple[int, str, list]] = []  # (partition, pair-table key, value)
 
-    def crossing(self, user: str, value: bytes) -> None:
-        self.keys.append(user.encode())
+    def crossing(self, user: str, other: str, value: bytes | None) -> None:
+        self.users.append(user.encode())
+        self.keys.append(crossing_key(user, other))
         self.values.append(value)
 
-    def pair_reported(self, p: int, key: str, ts: float, reported_at: float) -> None:
-        pair_table.data[key] = value = [ts, reported_at]
+    def pair_reported(self, p: int, key: str, value: list) -> None:
+        pair_table.data[key] = value
         self.entries.append((p, key, value))
 
     async def flush(self) -> None:
         if self.keys:
-            parts = partitions_for(self.keys, await partition_counts.of(crossings))
+            parts = partitions_for(self.users, await partition_counts.of(crossings))
             await send_many(crossings, list(zip(self.keys, self.values, parts)))
         if self.entries:
             await send_many(pair_table.changelog_topic,
                             [(*changelog_entry(key, value), p) for p, key, value in self.entries])
-        self.keys, self.values, self.entries = [], [], []
+        self.users, self.keys, self.values, self.entries = [], [], [], []
 
 
 # --------------------------------------------------------------------------- forgetting

@@ -4,8 +4,10 @@ Consumes stats-cells (partner-sharing pings by coarse H3 region, pseudonymized) 
 stats-connections (reduced connection logs, one key), with purge requests and progress markers.
 Asks the core: anonymizers.windows (tumbling event-time windows of distinct members, via the
 table-backed adapter), anonymizers.regions (disjoint H3 regions of >= k users), anonymizers.kanon
-(group thresholds) or anonymizers.dp (noisy cells). Emits partner-statistics and connection-statistics
-rows when a window closes, dead letters for events whose window had closed, and purge reports.
+(group thresholds) or anonymizers.dp (noisy cells; over a declared service area, every window of a
+partition holding some of its cells is published, empty or not). Emits partner-statistics and
+connection-statistics rows when a window closes, dead letters for events whose window had closed,
+and purge reports.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from streams.rules import rules
 from streams.stages.erasure import report_purge
 
 location_windows = TableBackedWindows(stats_cells.get_topic_name(), location_members, location_published,
-                                      settings.stats_window_s, settings.stats_lateness_s, sources=range(P))
+                                      settings.stats_window_s, settings.stats_lateness_s, sources=range(P),
+                                      every_window=bool(settings.dp_epsilon and settings.dp_domain))
 connection_windows = TableBackedWindows(stats_connections.get_topic_name(), connection_members, connection_published,
                                         settings.stats_window_s, settings.stats_lateness_s, sources=range(P))
 ownership.register(location_windows.states)  # a partition that moves is rebuilt from its tables
@@ -61,7 +64,7 @@ async def _window_one(tp, record, stage, windows: TableBackedWindows, purged: st
     if "progress" in body:
         windows.advance(p, *progress_marker(body))
         for window in windows.close(p):
-            await publish(window)
+            await publish(p, window)
         return
     topic, source = body["src"]  # a batch from an Outbox: columns
     for ts, key, member, offset in zip(body["ts"], key_of(body), body["m"], body["o"]):
@@ -71,16 +74,19 @@ async def _window_one(tp, record, stage, windows: TableBackedWindows, purged: st
                 f"{settings.stats_lateness_s} s); it was not counted. The raw message is at this position of "
                 f"{topic} (no user data is copied into statistics dead letters)"))
     for window in windows.close(p):
-        await publish(window)
+        await publish(p, window)
 
 
-async def _publish_locations(window) -> None:
+async def _publish_locations(p: int, window) -> None:
     r = rules()
     if r.dp is None:
         rows = publish_regions(window.members, r.kanon)
     else:
-        rows = [RegionCount(c.cell, c.cell, c.resolution, (c.cell,), c.users)
-                for c in publish_noisy_cells(window.members, r.dp, r.kanon.k, np.random.default_rng())]
+        # Over a declared area, partition p publishes the area's cells its statistics keys hold.
+        domain = r.dp_cells.get(p, frozenset()) if r.dp_area is not None else None
+        rows = [] if domain == frozenset() else [
+            RegionCount(c.cell, c.cell, c.resolution, (c.cell,), c.users)
+            for c in publish_noisy_cells(window.members, r.dp, r.kanon.k, np.random.default_rng(), domain)]
     for row in rows:
         await partner_statistics.send(key=f"{format_ts(window.start)}|{row.region}".encode(), value=LocationStat(
             window_start=format_ts(window.start), window_end=format_ts(window.end), region=row.region,
@@ -88,7 +94,7 @@ async def _publish_locations(window) -> None:
             noisy=r.dp is not None).to_bytes())
 
 
-async def _publish_connections(window) -> None:
+async def _publish_connections(p: int, window) -> None:
     r = rules()
     groups = {tuple(key.split(SEP)): members for key, members in window.members.items()}
     for row in publish_groups(groups, r.kanon.k):

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from kafka.admin import KafkaAdminClient
 
 from anonymizers.pseudonym import Pseudonymizer
-from anonymizers.retention import erasure_tag
+from anonymizers.retention import erasure_tag, receipt_subject
 from anonymizers.windows import recent_windows
 from schemas.timefmt import format_ts
+from streams.clients import admin_client
 from streams.tools.kafkaio import read_topic
 from streams.settings import Settings, pseudonym_secret
+from streams.topics import erasure_horizons
 
 # Characters that may surround an id without being part of it (ids are [A-Za-z0-9._:@-]).
 _EDGE = rb"A-Za-z0-9._@-"
@@ -74,24 +76,30 @@ def audit_user(settings: Settings, user_id: str, worker_urls: tuple[str, ...] = 
     """Scan this deployment's topics (and workers' memory, if given) for any trace of user_id."""
     report = AuditReport(user_id)
     patterns = _needles(settings, user_id)
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="crosspaths-audit")
+    admin = admin_client(settings, client_id="crosspaths-audit")
     try:
         names = sorted(t for t in admin.list_topics() if _ours(settings, t))
         configs = _cleanup_policies(admin, names)
     finally:
         admin.close()
-    receipts = settings.topic("erasure-receipts")
+    receipts, subject = settings.topic("erasure-receipts"), receipt_subject(user_id).encode()
     tag = erasure_tag(pseudonym_secret(settings), user_id).encode()
     lifetimes = _lifetimes_ms(settings)
+    horizons = erasure_horizons(settings)
     for name in names:
         compacted = "compact" in configs.get(name, "") or name.endswith("-changelog")
         latest: dict[bytes | None, bytes | None] = {}
         occurrences, newest_ms = 0, 0
-        for rec in read_topic(settings.bootstrap_servers, name):
-            if compacted:
+        for rec in read_topic(settings, name):
+            if name == receipts:
+                occurrences += rec.key == subject  # receipts name the user by a hash of the id only
+            elif compacted:
                 latest[rec.key] = rec.value
                 if rec.key is not None and tag in rec.key and rec.value is not None:
                     report.expected.append(f"{name}: keyed erasure marker (not reversible without the secret)")
+                if _hit(patterns, rec.key, rec.value):
+                    occurrences += 1
+                    newest_ms = max(newest_ms, rec.timestamp)
             elif _hit(patterns, rec.key, rec.value, *_embedded(rec.value)):
                 occurrences += 1
                 newest_ms = max(newest_ms, rec.timestamp)
@@ -99,12 +107,17 @@ def audit_user(settings: Settings, user_id: str, worker_urls: tuple[str, ...] = 
             live = sum(1 for k, v in latest.items() if v is not None and _hit(patterns, k, v))
             if live:
                 report.state.append(f"{name}: {live} live record(s) (compacted/changelog: state)")
+            elif occurrences:  # overwritten or tombstoned: gone once compaction has run (twice, for the tombstone)
+                line = f"{name}: {occurrences} record(s) tombstoned or overwritten, awaiting compaction"
+                if name in horizons:
+                    line += f", the last gone by {format_ts((newest_ms + horizons[name]) / 1000)}"
+                report.logs.append(line)
         elif occurrences:
             line = f"{name}: {occurrences} record(s)"
             if name in lifetimes:  # the newest one's write time (the broker's) + the topic's lifetime
                 line += f", the last gone by {format_ts((newest_ms + lifetimes[name]) / 1000)}"
             if name == receipts:
-                report.expected.append(line + " (erasure receipts, kept as proof)")
+                report.expected.append(f"{name}: erasure receipts: {occurrences}, naming the user by the SHA-256 of the id (kept as proof)")
             else:
                 report.logs.append(line + " (append-only; deleted by retention)")
     for url in worker_urls:
@@ -117,11 +130,12 @@ def audit_user(settings: Settings, user_id: str, worker_urls: tuple[str, ...] = 
 
 
 def _lifetimes_ms(settings: Settings) -> dict[str, int]:
-    """The declared lifetime of each append-only topic (full names), ms: how long a record stays after its write."""
+    """The declared lifetime of each topic that deletes by time (full names), ms: how long a record stays after its write."""
     from streams.topics import topic_specs
 
     check = settings.broker_retention_check_ms
-    return {settings.topic(spec.name): spec.lifetime_ms(check) for spec in topic_specs(settings) if not spec.compacted}
+    lifetimes = {settings.topic(spec.name): spec.lifetime_ms(check) for spec in topic_specs(settings)}
+    return {name: ms for name, ms in lifetimes.items() if ms is not None}
 
 
 def _cleanup_policies(admin: KafkaAdminClient, names: list[str]) -> dict[str, str]:
@@ -137,7 +151,7 @@ def format_report(report: AuditReport) -> str:
     lines = [f"Audit of user {report.user_id!r}"]
     lines.append("State (must be empty after an erasure):")
     lines += [f"  FOUND {s}" for s in report.state] or ["  nothing"]
-    lines.append("Append-only topics (kept until retention expires):")
+    lines.append("Copies on the broker that are no longer state (gone by the date each line gives):")
     lines += [f"  {s}" for s in report.logs] or ["  nothing"]
     lines.append("Kept by design:")
     lines += [f"  {s}" for s in report.expected] or ["  nothing"]
@@ -159,10 +173,10 @@ def export_user(settings: Settings, user_id: str) -> dict:
     key = user_id.encode()
     lifetimes = _lifetimes_ms(settings)
 
-    def keyed(name: str) -> list[dict]:
+    def keyed(name: str, key: bytes = key) -> list[dict]:
         topic = settings.topic(name)
         out = []
-        for rec in read_topic(settings.bootstrap_servers, topic):
+        for rec in read_topic(settings, topic):
             if rec.key != key or rec.value is None:
                 continue
             try:
@@ -175,12 +189,12 @@ def export_user(settings: Settings, user_id: str) -> dict:
         return out
 
     dead_letters = []  # the user's own rejected messages (the source key is the user id)
-    for rec in read_topic(settings.bootstrap_servers, settings.topic("dead-letters")):
+    for rec in read_topic(settings, settings.topic("dead-letters")):
         letter = json.loads(rec.value) if rec.value else {}
         if letter.get("key_b64") and base64.b64decode(letter["key_b64"]) == key:
             dead_letters.append({k: letter.get(k) for k in ("source_topic", "partition", "offset", "reason",
                                                              "message", "rejected_at")})
-    consent = latest_by_key(settings.bootstrap_servers, settings.topic("consents")).get(key)
+    consent = latest_by_key(settings, settings.topic("consents")).get(key)
     shown = current_crossings(read_crossings(settings)).get(user_id, {})
     return {
         "user_id": user_id,
@@ -191,5 +205,5 @@ def export_user(settings: Settings, user_id: str) -> dict:
         "connection_logs": keyed("connection-logs"),
         "rejected_messages": dead_letters,
         "inactivity_notices": keyed("inactivity-notices"),
-        "erasure_receipts": keyed("erasure-receipts"),
+        "erasure_receipts": keyed("erasure-receipts", receipt_subject(user_id).encode()),
     }

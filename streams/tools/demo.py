@@ -99,7 +99,7 @@ def wait_for_drain(settings: Settings, timeout_s: float, quiet_s: float = 3.0) -
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while True:
-        lag = group_lag(settings.bootstrap_servers, settings.app_id, topics)
+        lag = group_lag(settings, settings.app_id, topics)
         behind = {t.removeprefix(settings.topic_prefix): n for t, n in lag.items() if n}
         now = time.monotonic()
         if not behind:
@@ -162,12 +162,12 @@ def print_outputs(settings: Settings, simulated: SimulationParams | None = None)
                                 read_statistics)
 
     records = read_crossings(settings)
-    found = [r for r in records if r["type"] == "crossing"]
-    retractions = [r for r in records if r["type"] == "retraction"]
+    found = [r for _, r in records if r is not None]
+    tombstones = sum(r is None for _, r in records)
     shown = current_crossings(records)
     pairs = {tuple(sorted((r["user_id"], r["other_user_id"]))) for r in found}
     print(f"\n== Crossings: {len(pairs)} distinct pairs, {len(found)} participant records, "
-          f"{len(retractions)} retractions; {sum(len(v) for v in shown.values())} shown to "
+          f"{tombstones} tombstones (withdrawals, erasures); {sum(len(v) for v in shown.values())} shown to "
           f"{len(shown)} users now ==")
     for r in found[:5]:
         print(f"  {r['user_id']} crossed {r['other_user_id']} at {r['ts']} in H3 cell {r['place']} "
@@ -176,6 +176,9 @@ def print_outputs(settings: Settings, simulated: SimulationParams | None = None)
     print("  " + format_crossing_check(check_crossings(settings, records)).replace("\n", "\n  "))
     loc = read_statistics(settings, "partner-statistics")
     print(f"\n== Partner statistics (k = {settings.k}): {len(loc)} published regions ==")
+    from streams.rules import Rules, partner_statistics_statement  # the same statement the worker prints
+
+    print("  " + partner_statistics_statement(Rules.from_settings(settings)))
     if not loc.empty:
         memberships = {} if simulated is None else partner_memberships(
             simulated, KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,

@@ -5,13 +5,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
+
+from streams.clients import admin_client, consumer as kafka_consumer
+from streams.settings import Settings
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> Iterator[Any]:
-    """Every record of `topic` from the beginning up to its end offsets at call time."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=int(timeout_s * 1000), client_id="crosspaths-reader")
+def read_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> Iterator[Any]:
+    """Every record of `topic` from the beginning up to its end offsets at call time (the settings' cluster)."""
+    consumer = kafka_consumer(settings, enable_auto_commit=False, group_id=None,
+                              consumer_timeout_ms=int(timeout_s * 1000), client_id="crosspaths-reader")
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
@@ -35,30 +38,28 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> Iterator[
         consumer.close()
 
 
-def latest_by_key(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+def latest_by_key(settings: Settings, topic: str) -> dict[bytes, bytes | None]:
     """The last value per key of a (compacted or changelog) topic; None for tombstones."""
     out: dict[bytes, bytes | None] = {}
-    for rec in read_topic(bootstrap, topic):
+    for rec in read_topic(settings, topic):
         out[rec.key] = rec.value
     return out
 
 
-def read_json(bootstrap: str, topic: str) -> list[dict]:
+def read_json(settings: Settings, topic: str) -> list[dict]:
     """Every record of `topic` parsed as JSON (tombstones skipped)."""
-    return [json.loads(r.value) for r in read_topic(bootstrap, topic) if r.value is not None]
+    return [json.loads(r.value) for r in read_topic(settings, topic) if r.value is not None]
 
 
-def group_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+def group_lag(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
     """Messages of each topic not yet committed by consumer group `group` (end offset minus committed).
 
     Committed offsets are read before the end offsets, so a record appended in between counts as
     lag: zero means every record up to the end was handled (Faust commits only after flushing
     what the handling sent). A partition the group never committed counts from offset 0.
     """
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="crosspaths-lag")
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, client_id="crosspaths-lag")
+    admin = admin_client(settings, client_id="crosspaths-lag")
+    consumer = kafka_consumer(settings, group_id=None, client_id="crosspaths-lag")
     try:
         committed = admin.list_group_offsets(group).get(group, {})
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]

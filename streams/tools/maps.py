@@ -37,10 +37,10 @@ def render_cells(frame, output: Path, title: str) -> Path:
     coll = _draw(ax, frame, norm, labels=True, limits=_limits(frame))
     remainders = sum(len(list(m)) > 1 for m in _members(frame))
     by_res = ", ".join(f"res {r}: {n}" for r, n in frame["resolution"].value_counts().sort_index().items())
-    ax.set_title(f"{title}\n{len(frame)} regions ({by_res}; {remainders} remainders); k = {int(frame['k'].iloc[0])}",
+    ax.set_title(f"{title}\n{len(frame)} {_kind(frame)} ({by_res}; {remainders} remainders); k = {int(frame['k'].iloc[0])}",
                  fontsize=10)
     _legend(ax)
-    fig.colorbar(coll, ax=ax, shrink=0.8, label="distinct users in the region (published, ≥ k)")
+    fig.colorbar(coll, ax=ax, shrink=0.8, label=_scale_label(frame))
     return _save(fig, output)
 
 
@@ -60,7 +60,7 @@ def render_day(frame, output: Path, title: str) -> Path:
     for ax, ws in zip(axes.flat, windows):
         sub = frame[frame["window_start"] == ws]
         coll = _draw(ax, sub, norm, labels=False, limits=limits)
-        ax.set_title(f"{ws:%H:%M}  {len(sub)} regions", fontsize=8)
+        ax.set_title(f"{ws:%H:%M}  {len(sub)} {_kind(sub)}", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("")
         ax.set_ylabel("")
@@ -68,8 +68,23 @@ def render_day(frame, output: Path, title: str) -> Path:
         ax.axis("off")
     fig.suptitle(f"{title}: {len(windows)} windows, k = {int(frame['k'].iloc[0])}\ndashed: the simulated city, "
                  "blue: the Seine (approximate); remainders outlined; places below k not shown", fontsize=9)
-    fig.colorbar(coll, ax=axes, shrink=0.6, label="distinct users in the region (published, ≥ k)")
+    fig.colorbar(coll, ax=axes, shrink=0.6, label=_scale_label(frame))
     return _save(fig, output, tight=False)
+
+
+def _noisy(frame) -> bool:
+    """Whether the rows are differentially private noisy cells (CROSSPATHS_DP_EPSILON)."""
+    return "noisy" in frame.columns and bool(frame["noisy"].fillna(False).astype(bool).any())
+
+
+def _kind(frame) -> str:
+    return "noisy cells" if _noisy(frame) else "regions"
+
+
+def _scale_label(frame) -> str:
+    if _noisy(frame):
+        return "noisy users (DP, shown from k)"
+    return "distinct users in the region (published, ≥ k)"
 
 
 def _pyplot():

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from streams.tools.kafkaio import latest_by_key, read_json
+from schemas.outputs import split_crossing_key
 from streams.settings import Settings
 
 INPUTS = ("geo-pings", "connection-logs", "consents")
@@ -40,7 +41,7 @@ class Counters:
 
 def read_counters(settings: Settings) -> Counters:
     """Ingest counters of every worker, from the counters table's changelog."""
-    latest = latest_by_key(settings.bootstrap_servers, f"{settings.app_id}-counters-changelog")
+    latest = latest_by_key(settings, f"{settings.app_id}-counters-changelog")
     out = Counters({name: TopicCounters() for name in INPUTS})
     prefix = settings.topic("")
     for key, value in latest.items():
@@ -75,30 +76,33 @@ def dead_letter_reasons(settings: Settings) -> Counter:
     """How many dead letters per (source topic, reason)."""
     prefix = settings.topic("")
     reasons: Counter = Counter()
-    for letter in read_json(settings.bootstrap_servers, settings.topic("dead-letters")):
+    for letter in read_json(settings, settings.topic("dead-letters")):
         reasons[(letter["source_topic"].removeprefix(prefix), letter["reason"])] += 1
     return reasons
 
 
-def current_crossings(records: list[dict]) -> dict[str, dict[str, dict]]:
-    """Each user's current crossings (latest per other user), honouring retractions in topic order."""
+def current_crossings(records: list[tuple[bytes, dict | None]]) -> dict[str, dict[str, dict]]:
+    """What each user is shown now: per (user, other) key the latest record, tombstoned keys left out.
+
+    `records` are (key, value) in topic order (read_crossings), as a consumer of the compacted
+    `crossings` topic reads them; the same holds after compaction has run.
+    """
+    latest: dict[bytes, dict | None] = {}
+    for key, value in records:
+        latest[key] = value
     shown: dict[str, dict[str, dict]] = {}
-    for rec in records:
-        user = rec["user_id"]
-        if rec["type"] == "crossing":
-            shown.setdefault(user, {})[rec["other_user_id"]] = rec
-        elif rec.get("other_user_id") is None:
-            shown.pop(user, None)  # the user withdrew or was deleted: hide all of theirs
-            for other_map in shown.values():
-                other_map.pop(user, None)
-        else:
-            shown.get(user, {}).pop(rec["other_user_id"], None)
+    for key, value in latest.items():
+        if value is not None:
+            shown.setdefault(value["user_id"], {})[value["other_user_id"]] = value
     return shown
 
 
-def read_crossings(settings: Settings) -> list[dict]:
-    """Every record of the crossings topic, in order per user."""
-    return read_json(settings.bootstrap_servers, settings.topic("crossings"))
+def read_crossings(settings: Settings) -> list[tuple[bytes, dict | None]]:
+    """Every record of the crossings topic as (key, parsed value or None for a tombstone), in order per partition."""
+    from streams.tools.kafkaio import read_topic
+
+    return [(r.key, None if r.value is None else json.loads(r.value))
+            for r in read_topic(settings, settings.topic("crossings"))]
 
 
 def read_statistics(settings: Settings, name: str):
@@ -137,7 +141,7 @@ def statistics_frame(records: list[dict]):
 def read_topic_records(settings: Settings, name: str):
     from streams.tools.kafkaio import read_topic
 
-    return [r for r in read_topic(settings.bootstrap_servers, settings.topic(name)) if r.value is not None]
+    return [r for r in read_topic(settings, settings.topic(name)) if r.value is not None]
 
 
 @dataclass
@@ -146,7 +150,7 @@ class CrossingCheck:
 
     routed_pings: int
     late_pings: int
-    excluded_users: int  # users with a retraction: their pairs depend on when consent changed
+    excluded_users: int  # users in a tombstoned pair (withdrawal, erasure): their pairs depend on when it happened
     streamed_pairs: int
     recomputed_pairs: int
     only_streamed: list[tuple[str, str]]
@@ -157,13 +161,14 @@ class CrossingCheck:
         return not self.only_streamed and not self.only_recomputed
 
 
-def check_crossings(settings: Settings, crossing_records: list[dict] | None = None, progress=None) -> CrossingCheck:
+def check_crossings(settings: Settings, crossing_records: list[tuple[bytes, dict | None]] | None = None,
+                    progress=None) -> CrossingCheck:
     """Recompute the crossing pairs from the crossing-cells topic and compare with the crossings topic.
 
     Each ping the worker accepted for crossings is in crossing-cells with its home key (twice if it was
     re-fetched: at-least-once); the batch detector (geo.crossings.detect_pairs, the same rules) finds
-    the pairs they make. Users with a retraction are left out on both sides (their pairs depend on the
-    moment consent changed). Pings late for the detector were dead-lettered, not matched: their pairs
+    the pairs they make. Users of a tombstoned pair are left out on both sides (their pairs depend on
+    the moment consent changed). Pings late for the detector were dead-lettered, not matched: their pairs
     can only show on the recomputed side (`late_pings` says how many there were).
     `crossing_records`: the crossings topic already read (read_crossings), if at hand.
     `progress`: a callable (phase, done, total, unit) told how reading and the search advance.
@@ -176,7 +181,7 @@ def check_crossings(settings: Settings, crossing_records: list[dict] | None = No
     from streams.tools.kafkaio import read_topic
 
     rows = []
-    for n, rec in enumerate(read_topic(settings.bootstrap_servers, settings.topic("crossing-cells")), start=1):
+    for n, rec in enumerate(read_topic(settings, settings.topic("crossing-cells")), start=1):
         if progress is not None and n % 1000 == 0:
             progress("reading crossing-cells", n, None, "msg")
         if rec.value is None or rec.key == b"purge":
@@ -190,11 +195,9 @@ def check_crossings(settings: Settings, crossing_records: list[dict] | None = No
                 rows.append((u, ts, lat, lon, acc))
     pings = pd.DataFrame(rows, columns=["user_id", "ts", "lat", "lon", "accuracy_m"]).drop_duplicates()
     streamed, excluded = set(), set()
-    for rec in read_crossings(settings) if crossing_records is None else crossing_records:
-        if rec["type"] == "retraction":
-            excluded.add(rec["user_id"])
-            if rec.get("other_user_id"):
-                excluded.add(rec["other_user_id"])
+    for key, rec in read_crossings(settings) if crossing_records is None else crossing_records:
+        if rec is None:
+            excluded.update(split_crossing_key(key))
         else:
             streamed.add(tuple(sorted((rec["user_id"], rec["other_user_id"]))))
     zones = SensitiveZones.from_geojson(settings.zones_path) if settings.zones_path else None
@@ -211,7 +214,7 @@ def check_crossings(settings: Settings, crossing_records: list[dict] | None = No
 def format_crossing_check(check: CrossingCheck) -> str:
     head = (f"{check.routed_pings} pings routed for crossings; {check.streamed_pairs} streamed pairs vs "
             f"{check.recomputed_pairs} recomputed by the batch detector, leaving out {check.excluded_users} "
-            f"users with a retraction")
+            f"users of a tombstoned pair")
     if check.identical:
         return head + ": identical"
     lines = [head + ": DIFFERENT",

@@ -7,7 +7,9 @@ import socket
 import time
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
+
+from streams import clients
 
 from streams.tools.demo import start_worker, stop_worker
 from streams.tools.report import read_counters
@@ -45,10 +47,9 @@ def running_workers(settings: Settings, count: int = 1):
 
 def wait_group_stable(settings: Settings, members: int, timeout_s: float = 90) -> None:
     """Wait until the workers' consumer group is Stable with `members` members (rebalance done)."""
-    from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = clients.admin_client(settings)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -69,7 +70,7 @@ def wait_group_stable(settings: Settings, members: int, timeout_s: float = 90) -
 
 
 def producer(settings: Settings) -> KafkaProducer:
-    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+    return clients.producer(settings, linger_ms=5)
 
 
 def send_json(prod: KafkaProducer, topic: str, key: str | bytes | None, doc: dict | bytes) -> None:
@@ -95,10 +96,15 @@ def consume_all(settings: Settings, name: str, min_count: int = 0, timeout_s: fl
     topic = settings.topic(name)
     deadline = time.monotonic() + timeout_s
     while True:
-        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                 enable_auto_commit=False, consumer_timeout_ms=1500)
+        consumer = clients.consumer(settings, group_id=None, enable_auto_commit=False, consumer_timeout_ms=1500)
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:  # metadata not there yet (a fresh client): ask again
+            consumer.close()
+            if time.monotonic() > deadline:
+                return []
+            time.sleep(0.5)
+            continue
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         records = list(consumer)

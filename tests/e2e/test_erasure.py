@@ -7,10 +7,13 @@ import time
 import pytest
 from kafka.partitioner.default import murmur2
 
+from anonymizers.retention import erasure_tag, receipt_subject
+from schemas.outputs import crossing_key
 from schemas.timefmt import format_ts, parse_ts
 from streams.tools.audit import audit_user, export_user
 from streams.tools.kafkaio import latest_by_key
 from streams.tools.report import read_counters
+from streams.settings import pseudonym_secret
 from streams.topics import erasure_horizons
 from tests.e2e.helpers import consume_all, producer, running_workers, send_json, wait_received
 
@@ -53,7 +56,7 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
                 "event": "login"})
         prod.flush()
         crossings = _wait(lambda: _docs(s, "crossings"), lambda d: any(v["type"] == "crossing" for _, v in d))
-        assert any(k == "bob" and v.get("other_user_id") == "alice" for k, v in crossings)
+        assert any(k == "bob|alice" and v.get("other_user_id") == "alice" for k, v in crossings)
         before = audit_user(s, "alice", (url,))
         assert not before.clean, "the user is in state before the deletion"
         # An access request: everything held about alice, in one document.
@@ -70,7 +73,8 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
                                                        "deleted": True})
         prod.flush()
         receipts = _wait(lambda: _docs(s, "erasure-receipts"), lambda d: bool(d))
-        assert [k for k, _ in receipts] == ["alice"]
+        assert [k for k, _ in receipts] == [receipt_subject("alice")]  # the receipt names her by a hash only
+        assert b"alice" not in consume_all(s, "erasure-receipts")[0].value
         purged = receipts[0][1]["purged"]
         assert purged["consent_state"] == 1 and purged["activity"] == 1
         assert purged["detector_pings"] >= 5 and purged["crossing_pairs"] == 1
@@ -85,23 +89,26 @@ def test_account_deletion_erases_every_trace(pipeline_settings):
             {t: ms / 1000 for t, ms in horizons.items()}, abs=0.01)
         assert parse_ts(receipt["copies_gone_by"][s.topic("geo-pings")]) - completed <= 24 * 3600
         # The draft was kept in a changelogged table until the receipt was out (a restarted worker
-        # would still complete it), then tombstoned: the changelog keeps no live trace of alice,
-        # only a done marker under her keyed hash.
+        # would still complete it), then tombstoned; the changelog never held alice's id, only her
+        # keyed hash (the draft's key, and the done marker's).
         drafts_topic = f"{s.app_id}-receipt-drafts-changelog"
         assert drafts_topic in receipts[0][1]["tombstones"]
-        drafts = _wait(lambda: latest_by_key(s.bootstrap_servers, drafts_topic),
-                       lambda d: b'"alice"' in d and d[b'"alice"'] is None)
-        assert b'"alice"' in drafts and drafts[b'"alice"'] is None
+        draft_key = json.dumps(f"draft|{erasure_tag(pseudonym_secret(s), 'alice')}").encode()
+        drafts = _wait(lambda: latest_by_key(s, drafts_topic), lambda d: draft_key in d and d[draft_key] is None)
+        assert draft_key in drafts and drafts[draft_key] is None
         live = {k: v for k, v in drafts.items() if v is not None}
-        assert [k[:6] for k in live] == [b'"done|'] and not any(b"alice" in k + v for k, v in live.items())
+        assert [k[:6] for k in live] == [b'"done|']
+        assert not any(b"alice" in r.key + (r.value or b"") for r in consume_all(s, drafts_topic, timeout_s=5))
 
-        # The other party was told to stop showing alice; alice's own view is retracted too.
-        retractions = [(k, v) for k, v in _docs(s, "crossings") if v["type"] == "retraction"]
-        assert ("bob", "alice") in [(k, v.get("other_user_id")) for k, v in retractions]
-        assert any(k == "alice" and v.get("other_user_id") is None for k, v in retractions)
+        # The other party is told to stop showing alice, and alice's own view goes: both keys of the
+        # pair are tombstoned on the compacted topic, so compaction removes the records too.
+        crossing_records = latest_by_key(s, s.topic("crossings"))
+        assert crossing_records[crossing_key("bob", "alice")] is None
+        assert crossing_records[crossing_key("alice", "bob")] is None
+        assert receipt["crossings_tombstoned"] == 1
         # Every pair partition keeps a guard against candidates computed before the deletion, in a
         # changelogged table (a restarted worker keeps it), by keyed hash: never the id.
-        guards = _wait(lambda: latest_by_key(s.bootstrap_servers, f"{s.app_id}-pair-guard-changelog"),
+        guards = _wait(lambda: latest_by_key(s, f"{s.app_id}-pair-guard-changelog"),
                        lambda g: len(g) >= s.partitions)
         assert len(guards) == s.partitions and "alice" not in repr(guards)
 
@@ -174,7 +181,7 @@ def test_inactivity_notice_then_erasure_with_a_controlled_clock(pipeline_setting
         receipts = _wait(lambda: _docs(s, "erasure-receipts"), lambda d: bool(d))
         time.sleep(3)
         receipts = _docs(s, "erasure-receipts")
-    assert [(k, v["reason"]) for k, v in receipts] == [("sleepy", "inactivity")]
+    assert [(k, v["reason"]) for k, v in receipts] == [(receipt_subject("sleepy"), "inactivity")]
     assert receipts[0][1]["purged"]["activity"] == 1
 
 
@@ -190,6 +197,7 @@ def test_a_receipt_survives_a_worker_restart_and_counts_repeated_reports_once(pi
                for st in stages for p in range(s.partitions)]
     first, rest = [ingest] + answers[: len(answers) // 2], answers[len(answers) // 2:]
     drafts_topic = f"{s.app_id}-receipt-drafts-changelog"
+    zed = json.dumps(f"draft|{erasure_tag(pseudonym_secret(s), 'zed')}").encode()  # drafts are keyed by hash
     prod = producer(s)
 
     def send(reports):
@@ -199,9 +207,9 @@ def test_a_receipt_survives_a_worker_restart_and_counts_repeated_reports_once(pi
 
     with running_workers(s, count=1):
         send(first + first[1:3])  # two answers delivered twice
-        draft = _wait(lambda: latest_by_key(s.bootstrap_servers, drafts_topic),
-                      lambda d: d.get(b'"zed"') and len(json.loads(d[b'"zed"'])["answered"]) == len(first) - 1)
-        assert len(json.loads(draft[b'"zed"'])["answered"]) == len(first) - 1
+        draft = _wait(lambda: latest_by_key(s, drafts_topic),
+                      lambda d: d.get(zed) and len(json.loads(d[zed])["answered"]) == len(first) - 1)
+        assert len(json.loads(draft[zed])["answered"]) == len(first) - 1
         time.sleep(2)  # offsets committed
         assert _docs(s, "erasure-receipts") == []
     with running_workers(s, count=1):  # a new process: the draft comes back from the changelog
@@ -209,11 +217,11 @@ def test_a_receipt_survives_a_worker_restart_and_counts_repeated_reports_once(pi
         receipts = _wait(lambda: _docs(s, "erasure-receipts"), lambda d: bool(d))
         time.sleep(3)
         receipts = _docs(s, "erasure-receipts")
-    assert [k for k, _ in receipts] == ["zed"], "one receipt, after every stage partition answered"
+    assert [k for k, _ in receipts] == [receipt_subject("zed")], "one receipt, after every stage partition answered"
     assert receipts[0][1]["purged"] == {"consent_state": 1, "activity": 1, "caches": 0,
                                         **{st: s.partitions for st in stages}}
-    drafts = latest_by_key(s.bootstrap_servers, drafts_topic)
-    assert drafts[b'"zed"'] is None, "no draft left behind (late repeats start none)"
+    drafts = latest_by_key(s, drafts_topic)
+    assert drafts[zed] is None, "no draft left behind (late repeats start none)"
     assert [json.loads(v) for k, v in drafts.items() if v is not None] == [ingest["requested_at"]]  # the done marker
     assert not any(b"zed" in k for k, v in drafts.items() if v is not None)
 
@@ -260,4 +268,4 @@ def test_a_lagging_partition_does_not_make_its_active_users_look_inactive(pipeli
         time.sleep(3)
         notices, receipts = _docs(s, "inactivity-notices"), _docs(s, "erasure-receipts")
     assert sorted(k for k, _ in notices) == [idle]  # on the old worker clock: the lagging users too
-    assert [(k, v["reason"]) for k, v in receipts] == [(idle, "inactivity")]
+    assert [(k, v["reason"]) for k, v in receipts] == [(receipt_subject(idle), "inactivity")]

@@ -22,7 +22,7 @@ from streams.tools.kafkaio import latest_by_key
 from streams.tools.report import check_crossings
 from streams.topics import create_topics
 from tests.e2e.helpers import consume_all, free_port, producer, send_json, wait_group_stable, wait_received
-from tests.e2e.test_crossings import city_pings, produce_pings, reported_pairs
+from tests.e2e.test_crossings import assert_final_records_are_the_batchs, city_pings, produce_pings, reported_pairs
 
 pytestmark = pytest.mark.e2e
 
@@ -158,6 +158,8 @@ def test_crossings_spanning_a_worker_restart_are_found(pipeline_settings, change
             stop_worker(proc)
     assert spanning <= set(pairs), f"missed across the {change}: {sorted(spanning - set(pairs))}"
     assert set(pairs) == oracle
+    # Record for record, as a fault-free run: the final record under each key is the batch's.
+    assert_final_records_are_the_batchs(consume_all(s, "crossings"), df)
     newest = states[-1]["crossing-cells"]  # the new worker's detector partitions were all rebuilt
     assert newest and all(v["rebuilt"] is not None for v in newest.values()), newest
     assert sum(v["rebuilt"]["records"] for v in newest.values()) > 0
@@ -169,7 +171,7 @@ def test_crossings_spanning_a_worker_restart_are_found(pipeline_settings, change
 
 def _changelog_keys(s, tables) -> dict[str, int]:
     """Keys with a value (not a tombstone) in each table's changelog."""
-    return {name: sum(v is not None for v in latest_by_key(s.bootstrap_servers, f"{s.app_id}-{name}-changelog").values())
+    return {name: sum(v is not None for v in latest_by_key(s, f"{s.app_id}-{name}-changelog").values())
             for name in tables}
 
 

@@ -175,7 +175,10 @@ def test_dp_partner_statistics_noisy_thresholded_and_bounded(pipeline_settings):
     cells is counted in one."""
     from anonymizers.dp import DPParams, publication_threshold
 
-    s = pipeline_settings.model_copy(update={"dp_epsilon": 1.0, "dp_max_cells_per_user": 1, "dp_resolution": 9})
+    # One partition: without a declared area, a user's places can reach every statistics partition and
+    # the sensitivity would be their number (anonymizers.dp, "Shards"); the counts below assume m = 1.
+    s = pipeline_settings.model_copy(update={"dp_epsilon": 1.0, "dp_max_cells_per_user": 1, "dp_resolution": 9,
+                                             "partitions": 1})
     tau = publication_threshold(DPParams(epsilon=1.0, max_cells_per_user=1, delta=s.dp_delta))
     assert tau == 15 > s.k
     rng = np.random.default_rng(9)
@@ -224,5 +227,83 @@ def test_dp_partner_statistics_noisy_thresholded_and_bounded(pipeline_settings):
     assert sum(cell(p) in by_cell for p in mid) <= 2
     # Each roamer counted in one cell of three: ~60 in all, not 180 (a cell below 15 after noise is not shown).
     assert sum(by_cell[cell(p)]["users"] for p in roam if cell(p) in by_cell) <= 60 + 15
+    raw = json.dumps(loc)
+    assert not any(u in raw for u in people)
+
+
+def test_dp_over_a_declared_area_counts_every_area_cell_in_every_window(pipeline_settings):
+    """CROSSPATHS_DP_DOMAIN: a file of H3 cells (one resolution-6 cell: its 49 resolution-8 cells). Only area
+    cells are published, with noisy counts from k; empty area cells get noise too, and so do windows in
+    which no one was there; each user counts in one cell (m = 1); a crowd outside the area never shows.
+    The worker states the guarantee when it starts."""
+    from anonymizers.servicearea import ServiceArea
+
+    area_cell = h3.latlng_to_cell(48.8566, 2.3522, 6)
+    area_file = pipeline_settings.home / "area.txt"
+    area_file.write_text(f"# the service area\n{area_cell}\n")
+    # k = 2 and epsilon = 0.5: an empty cell shows with P(Z >= 2) = a**2 / (1 + a) = 0.23 (a = exp(-0.5)),
+    # so each window of the 49-cell area shows some (P(none) < 1e-5); noise std ~2.8.
+    s = pipeline_settings.model_copy(update={"dp_epsilon": 0.5, "dp_max_cells_per_user": 1, "dp_resolution": 8,
+                                             "dp_domain": area_file, "k": 2})
+    area = ServiceArea.from_file(area_file, 8).cells
+    assert len(area) == 49
+    rng = np.random.default_rng(21)
+    now = time.time()
+    w0 = window_start(now - 1000, 3600) - 3 * 3600  # windows w0 (data), w0 + 1 h and w0 + 2 h (no one)
+    centre = lambda c: h3.cell_to_latlng(c)  # noqa: E731
+    cells = sorted(area)
+    dense, roam = cells[:5], cells[5:8]
+    outside = h3.latlng_to_cell(48.80, 2.45, 8)
+    assert outside not in area
+    people: dict[str, list] = {}
+    for j, c in enumerate(dense):
+        people.update({f"d{j}-{i}": [c] for i in range(25)})
+    people.update({f"r{i:03d}": roam for i in range(60)})  # each in three area cells: counted in one
+    people.update({f"o{i:03d}": [outside] for i in range(40)})  # a crowd outside the area
+    pings = sorted(({"user_id": u, "ts": int((w0 + rng.uniform(0, 3600)) * 1000), "lat": centre(c)[0],
+                     "lon": centre(c)[1]} for u, places in people.items() for c in places), key=lambda d: d["ts"])
+    later = int((w0 + 3 * 3600 + 400) * 1000)
+    closers = [{"user_id": u, "ts": later, "lat": 48.9, "lon": 2.25} for u in people]
+    with running_workers(s, count=1):
+        prod = producer(s)
+        for u in people:
+            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
+                                                     "partner_sharing": True})
+        prod.flush()
+        wait_received(s, {"consents": len(people)})
+        for d in pings + closers:
+            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
+        prod.flush()
+        wait_received(s, {"geo-pings": len(pings) + len(closers)})
+        deadline = time.monotonic() + 60
+        while True:  # the three windows, each published once its partition's watermark passes it
+            loc = [json.loads(r.value) for r in consume_all(s, "partner-statistics")]
+            if {r["window_start"] for r in loc} >= {format_ts(w0 + i * 3600) for i in range(3)}:
+                break
+            assert time.monotonic() < deadline, f"windows published: {sorted({r['window_start'] for r in loc})}"
+            time.sleep(1)
+        time.sleep(2)
+        loc = [json.loads(r.value) for r in consume_all(s, "partner-statistics")]
+    log = (s.home / "worker-0.log").read_text(errors="replace")
+    assert "every cell of the declared area (49 cells" in log and "epsilon=0.5 (pure) per window" in log
+    assert "epsilon=12 (pure) per day" in log
+
+    for r in loc:
+        assert r["noisy"] is True and r["cell"] in area and r["users"] >= s.k and r["k"] == s.k
+        assert r["resolution"] == 8 and r["members"] == [r["cell"]] and r["region"] == r["cell"]
+    assert len({(r["window_start"], r["cell"]) for r in loc}) == len(loc), "a cell published twice in a window"
+    by_window: dict[str, dict] = {}
+    for r in loc:
+        by_window.setdefault(r["window_start"], {})[r["cell"]] = r["users"]
+    # Every window from the first one a partition could close: w0 and the two empty ones after it, and
+    # possibly the (empty) one before w0, complete when the first progress marker arrived.
+    assert set(by_window) - {format_ts(w0 - 3600)} == {format_ts(w0 + i * 3600) for i in range(3)}
+    first = by_window[format_ts(w0)]
+    assert outside not in first
+    assert all(c in first and abs(first[c] - 25) <= 20 for c in dense)
+    assert any(first[c] != 25 for c in dense), "no noise on the counts"
+    assert all(c in first for c in roam)
+    assert abs(sum(first[c] for c in roam) - 60) <= 30, "each roamer must count in one cell, not three"
+    assert set(first) - set(dense) - set(roam), "no empty area cell got a noisy count that showed"
     raw = json.dumps(loc)
     assert not any(u in raw for u in people)

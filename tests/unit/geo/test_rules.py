@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from geo.crossings import CellDetector, CrossingParams, Fix, detect_crossings, route, route_many
-from geo.crossings.model import cooldown_over, is_usable
+from geo.crossings.model import cooldown_period, is_usable, supersedes
 
 P = CrossingParams(max_accuracy_m=100.0, cooldown_s=3600.0)
 
@@ -45,13 +45,46 @@ def test_every_detector_applies_the_accuracy_rule():
     assert set(zip(*detect_crossings(frame, P)[["user_a", "user_b"]].to_numpy().T)) == {("a", "b")}
 
 
-@pytest.mark.parametrize("ts, last, over", [
-    (0.0, -math.inf, True),  # a pair's first crossing is reported
-    (3599.0, 0.0, False),
-    (3600.0, 0.0, True),  # at the end of the cooldown exactly: reported
-    (3600.5, 0.0, True),
-    (1e9, math.inf, False),  # +inf: never
+@pytest.mark.parametrize("ts, period", [(0.0, 0), (3599.999, 0), (3600.0, 1), (-0.5, -1), (7200.5, 2)])
+def test_cooldown_periods_are_aligned_on_the_epoch(ts, period):
+    assert cooldown_period(ts, P.cooldown_s) == period
+    assert cooldown_period(np.asarray([ts]), P.cooldown_s).tolist() == [period]
+    assert cooldown_period(ts, 0.0) == ts  # no cooldown: every time its own period
+
+
+@pytest.mark.parametrize("new, current, wins", [
+    ((10.0, 5.0, "p", "<50m"), None, True),  # a pair's first crossing
+    ((3600.0, 5.0, "p", "<50m"), (10.0, 5.0, "p", "<50m"), True),  # a later period
+    ((10.0, 5.0, "p", "<50m"), (3600.0, 5.0, "p", "<50m"), False),  # an older period never
+    ((5.0, 99.0, "z", "<50m"), (10.0, 1.0, "a", "<50m"), True),  # the same period: earlier wins
+    ((20.0, 1.0, "a", "<50m"), (10.0, 99.0, "z", "<50m"), False),
+    ((10.0, 4.0, "z", "<50m"), (10.0, 5.0, "a", "<50m"), True),  # a tie on time: the nearer
+    ((10.0, 6.0, "a", "<50m"), (10.0, 5.0, "z", "<50m"), False),
+    ((10.0, 5.0, "a", "<50m"), (10.0, 5.0, "b", "<50m"), True),  # then the smaller place
+    ((10.0, 5.0, "b", "<50m"), (10.0, 5.0, "a", "<50m"), False),
+    ((10.0, 5.0, "a", "50-100m"), (10.0, 5.0, "a", "<50m"), True),  # then the smaller band string
+    ((10.0, 5.0, "a", "<50m"), (10.0, 5.0, "a", "<50m"), False),  # the same crossing again: no new record
+    ((10.0, 5.0, None, None), (10.0, 5.0, "a", "<50m"), True),  # place unknown (pre-filter): ties go through
+    ((10.0, 6.0, None, None), (10.0, 5.0, "a", "<50m"), False),  # but not what is known to be later
 ])
-def test_cooldown_rule(ts, last, over):
-    assert bool(cooldown_over(ts, last, P.cooldown_s)) is over
-    assert cooldown_over(np.asarray([ts]), np.asarray([last]), P.cooldown_s).tolist() == [over]
+def test_supersedes_states_the_order(new, current, wins):
+    assert supersedes(*new, current, P.cooldown_s) is wins
+
+
+def test_supersedes_is_order_independent():
+    """Offered in any order, the same crossings leave the same current record: the first in the order."""
+    import itertools
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        crossings = [(float(rng.choice([0, 5, 10, 3590, 3600, 3605, 7300])), float(rng.choice([1, 2])),
+                      rng.choice("ab"), rng.choice(["<50m", "50-100m"])) for _ in range(rng.randint(1, 5))]
+        finals = set()
+        for order in itertools.permutations(crossings):
+            current = None
+            for c in order:
+                if supersedes(*c, current, P.cooldown_s):
+                    current = c
+            finals.add(current)
+        assert len(finals) == 1

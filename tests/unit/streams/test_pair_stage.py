@@ -52,36 +52,35 @@ def test_pair_memory_outlives_every_crossing_record_the_topic_can_still_hold():
 def test_pair_stage_forgets_pairs_once_their_records_are_gone(stages):
     now, pairs, table = time.time(), stages.pairs, stages.app.pair_table
     table.data.update({
-        f"3|{AB}": [1000.0, now - 40 * 24 * H],  # last reported 40 days ago
-        f"3|{AC}": [2000.0, now - 2 * H],
-        f"3|{BC}": 1500.0,  # written before reported_at was kept: counts as reported at restore
-        f"1|{AB}": [1000.0, now - 40 * 24 * H],  # a partition this worker no longer owns
+        f"3|{AB}": [1000.0, now - 40 * 24 * H, "p", "<50m", 10.0],  # last reported 40 days ago
+        f"3|{AC}": [2000.0, now - 2 * H, "p", "<50m", 10.0],
+        f"1|{AB}": [1000.0, now - 40 * 24 * H, "p", "<50m", 10.0],  # a partition this worker no longer owns
     })
     _rebalance(stages, 1)
     pairs.pair_partitions.get(1)  # a copy left from when this worker owned partition 1
     _rebalance(stages, 3)
     cooldown = pairs.pair_partitions.get(3).cooldown
-    assert cooldown.partners_of("a") == {"b", "c"}
+    assert cooldown.partners_of("a") == {"b", "c"} and cooldown.current("a", "c") == (2000.0, 10.0, "p", "<50m")
     tombstones = pairs.forget_pairs_reported_before(now - 31 * 24 * H)
     key = table.changelog_topic.prepare_key(f"3|{AB}", None)[0]
     assert tombstones == {3: [(key, None, 3)]}  # partition 1's owner forgets its entries, not this worker
     assert f"3|{AB}" not in table.data and f"1|{AB}" in table.data
-    assert cooldown.partners_of("a") == {"c"} and cooldown.partners_of("b") == {"c"}
+    assert cooldown.partners_of("a") == {"c"} and cooldown.partners_of("b") == frozenset()
     assert pairs.forget_pairs_reported_before(now - 31 * 24 * H) == {}
     # The pair's next crossing is reported again, with a fresh memory.
-    assert cooldown.offer_pair("a", "b", 1100.0, now)
+    assert cooldown.offer_pair("a", "b", 1100.0, 10.0, "p", "<50m", now)
 
 
 def test_a_partition_that_moved_away_is_rebuilt_from_the_table_when_it_comes_back(stages):
     pairs, detectors, table = stages.pairs.pair_partitions, stages.detection.detectors, stages.app.pair_table
     _rebalance(stages, 0, 2)
-    table.data[f"2|{AB}"] = [10.0, 5 * H]
+    table.data[f"2|{AB}"] = [10.0, 5 * H, "p", "<50m", 10.0]
     stale, kept = pairs.get(2), pairs.get(0)
     kept_detector, stale_detector = detectors.get(0), detectors.get(2)
     _rebalance(stages, 0)  # partition 2 moves to another worker: its memory here goes
     assert pairs.find(2) is None and detectors.find(2) is None and pairs.find(0) is kept
     # The other worker reports a c: its changelog reaches our table (a standby or a later recovery).
-    table.data[f"2|{AC}"] = [20.0, 6 * H]
+    table.data[f"2|{AC}"] = [20.0, 6 * H, "p", "<50m", 10.0]
     _rebalance(stages, 0, 2)  # and comes back
     assert pairs.find(0) is kept and detectors.find(0) is kept_detector  # owned all along
     assert detectors.find(2) is None
@@ -117,7 +116,7 @@ def test_state_page_points_at_the_input_partition_holding_a_watermark_back(stage
     det = state.detector = CellDetector(crossing, sources=range(3))
     det.add_many(["zz-user-9"], [7200.0], [48.85], [2.35], [None], ["k"], ["k"], sources=[0])
     det.advance(2, 7300.0)
-    stages.pairs.pair_partitions.get(1).cooldown.offer_pair("aa-user-1", "bb-user-2", 10.0, 5 * H)
+    stages.pairs.pair_partitions.get(1).cooldown.offer_pair("aa-user-1", "bb-user-2", 10.0, 10.0, "p", "<50m", 5 * H)
     summary = stages.web.state_summary()
     cells = summary["crossing-cells"]["1"]
     assert cells["watermark"] is None and cells["slowest_input"] == 1  # input partition 1: nothing yet

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from streams.settings import Settings
-from streams.topics import (COMPACTION_LAG_MS, DAY_MS, HOUR_MS, TABLES, TopicSpec, changelog_specs,
+from streams.topics import (DAY_MS, HOUR_MS, TABLES, TopicSpec, changelog_specs,
                             crossings_lifetime_s, erasure_horizons, topic_specs)
 
 S = Settings()
@@ -14,7 +14,7 @@ CHECK = S.broker_retention_check_ms
 def test_raw_and_internal_topics_are_gone_within_the_raw_lifetime():
     specs = {spec.name: spec for spec in topic_specs(S)}
     for name in ("geo-pings", "connection-logs", "crossing-cells", "crossing-pairs", "stats-cells",
-                 "stats-connections", "erasure-reports"):
+                 "stats-connections", "erasure-reports", "dead-letters"):
         assert specs[name].lifetime_ms(CHECK) <= S.raw_lifetime_hours * HOUR_MS == 24 * HOUR_MS, name
 
 
@@ -24,7 +24,9 @@ def test_every_personal_topic_declares_its_segments_and_runs_on_the_brokers_cloc
     assert "segment.ms" in cfg  # the broker's 7-day default would let records outlive retention by a week
     assert cfg["message.timestamp.type"] == "LogAppendTime"  # a producer's clock cannot stretch a lifetime
     if spec.compacted:
-        assert cfg["max.compaction.lag.ms"] == str(COMPACTION_LAG_MS)
+        assert cfg["max.compaction.lag.ms"] == str(int(S.compaction_lag_s * 1000))
+        assert int(cfg["segment.ms"]) <= int(cfg["max.compaction.lag.ms"])  # compaction skips the active segment
+        assert cfg["cleanup.policy"] == ("compact,delete" if spec.retention_ms >= 0 else "compact")
     else:
         assert spec.lifetime_ms(CHECK) == int(cfg["retention.ms"]) + int(cfg["segment.ms"]) + CHECK
 
@@ -36,8 +38,9 @@ def test_a_lifetime_bound_is_met_exactly(hours):
 
 
 def test_a_lifetime_too_short_for_its_segments_is_refused():
-    with pytest.raises(ValueError, match="lifetime_ms=600000 of t is too short"):
-        TopicSpec.within("t", "k", 10 * 60 * 1000, CHECK)
+    with pytest.raises(ValueError, match="lifetime_ms=300000 of t is too short"):
+        TopicSpec.within("t", "k", 5 * 60 * 1000, CHECK)  # the retention check alone takes 5 minutes
+    assert TopicSpec.within("t", "k", 60_000, 5000).lifetime_ms(5000) == 60_000  # short lifetimes (tests) work
 
 
 def test_the_declared_tables_are_the_workers_tables():
@@ -49,12 +52,22 @@ def test_the_declared_tables_are_the_workers_tables():
 
 def test_erasure_horizons_cover_every_place_a_user_can_be_and_the_slowest_sets_the_date():
     horizons = erasure_horizons(S)
-    personal = {S.topic(s.name) for s in topic_specs(S) if s.personal} - {S.topic("erasure-receipts")}
+    personal = {S.topic(s.name) for s in topic_specs(S) if s.personal}
     assert set(horizons) == personal | {s.name for s in changelog_specs(S)}
-    assert horizons[S.topic("geo-pings")] == 24 * HOUR_MS
-    assert horizons[S.topic("crossings")] == 31 * DAY_MS + CHECK
-    assert max(horizons.values()) == horizons[S.topic("inactivity-notices")]  # 90 days of notices
+    for name in ("geo-pings", "dead-letters", "inactivity-notices"):
+        assert horizons[S.topic(name)] == 24 * HOUR_MS, name
+    compaction = 2 * (6 * HOUR_MS + 6 * HOUR_MS + HOUR_MS // 2) + DAY_MS + CHECK  # two passes, and the tombstone
+    for name in ("crossings", "consents"):  # an erasure tombstones the user's keys there
+        assert horizons[S.topic(name)] == compaction, name
+    assert max(horizons.values()) == compaction < 2 * DAY_MS + 2 * HOUR_MS  # was 91 days (inactivity notices)
     assert S.topic("partner-statistics") not in horizons  # k-anonymous counts, no personal data
+    assert S.topic("erasure-receipts") not in horizons  # the proof, naming the user by a hash only
+
+
+def test_short_lifetimes_for_tests_shorten_every_horizon():
+    quick = Settings(raw_lifetime_hours=0.02, compaction_lag_s=20, tombstone_retention_s=10, cleaner_slack_s=0,
+                     broker_retention_check_ms=5000)
+    assert max(erasure_horizons(quick).values()) <= 100_000
 
 
 def test_the_pair_stage_remembers_pairs_as_long_as_crossings_can_hold_them():
