@@ -264,13 +264,20 @@ class CellDetector:
         period = cooldown_period(ts, cooldown.params.cooldown_s)
         ua, ub = a[_UID].astype(np.int64), b[_UID].astype(np.int64)
         code = (np.minimum(ua, ub) << 32) | np.maximum(ua, ub)
-        by_pair = np.lexsort((d, ts, -period, code))  # per pair: latest period first, then earliest, nearest
+        by_pair = np.argsort(code, kind="stable")  # each pair's matches together
         sorted_code = code[by_pair]
         total = code.size
         starts = np.flatnonzero(np.r_[True, sorted_code[1:] != sorted_code[:-1]])
         group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, total]))
-        best = by_pair[starts]
-        best_ts, best_period, best_d = ts[best], period[best], d[best]
+        # Per pair: the latest period, in it the earliest time, then the smallest distance.
+        sp, st, sd = period[by_pair], ts[by_pair], d[by_pair]
+        best_period = np.maximum.reduceat(sp, starts)
+        candidate = sp == best_period[group]
+        best_ts = np.minimum.reduceat(np.where(candidate, st, np.inf), starts)
+        candidate &= st == best_ts[group]
+        best_d = np.minimum.reduceat(np.where(candidate, sd, np.inf), starts)
+        tied = candidate & (sd == best_d[group])
+        best = by_pair[np.minimum.reduceat(np.where(tied, np.arange(total), total), starts)]
         users = self._users
         pairs = []
         for x, y in zip(ua[best].tolist(), ub[best].tolist()):
@@ -286,7 +293,6 @@ class CellDetector:
         offered[go] = [offer(*pairs[g], t, dd) for g, t, dd in zip(go.tolist(), best_ts[go].tolist(), best_d[go].tolist())]
         # Matches tied with the best on time and distance (the same geometry, in practice) go too:
         # their place, which decides such a tie, is not computed here.
-        tied = (ts[by_pair] == best_ts[group]) & (d[by_pair] == best_d[group]) & (period[by_pair] == best_period[group])
         mask = np.zeros(total, dtype=bool)
         mask[by_pair[tied & offered[group]]] = True
         return mask

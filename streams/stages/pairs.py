@@ -53,9 +53,13 @@ class PairPartition:
     @classmethod
     def restore(cls, p: int) -> "PairPartition":
         prefix = f"{p}|"
-        # Pair-table values are [ts, reported at, place, band, distance] of the pair's current record.
-        pairs = [[*split_pair_key(k[len(prefix):]), v[0], v[4], v[2], v[3], v[1]]
-                 for k, v in pair_table.items() if k.startswith(prefix)]
+        # Pair-table values are [ts, reported at, place, band, distance] of the pair's current record
+        # (older values lack the last fields: unknown, they lose no tie they should win).
+        pairs = []
+        for k, v in pair_table.items():
+            if k.startswith(prefix):
+                ts, reported_at, place, band, d = (list(v) + [None] * 5)[:5]
+                pairs.append([*split_pair_key(k[len(prefix):]), ts, d, place, band, reported_at])
         guards = {k[len(prefix):]: v for k, v in guard_table.items() if k.startswith(prefix)}
         return cls(PairCooldown.restore({"last": pairs}, rules().crossing), WithdrawalGuards.restore(guards))
 
@@ -81,7 +85,9 @@ async def _report_one(p: int, state: PairPartition, record, out: "_Reports") -> 
         await _purge(p, state, body, clock)
         return
     cooldown, guards, now = state.cooldown, state.guards, format_ts(clock)
-    for a, b, ts, d, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], body["d"], body["place"],
+    # "d" (exact metres, for the order of ties) is absent from records written before it was sent.
+    distances = body.get("d") or [None] * len(body["a"])
+    for a, b, ts, d, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], distances, body["place"],
                                                   body["band"], body["cva"], body["cvb"]):
         if guards and guards.blocks(users.tag(a), cva, users.tag(b), cvb):
             users.forget_tag(a), users.forget_tag(b)  # the user may be erased: keep no cached id

@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from streams.tools.kafkaio import latest_by_key, read_json
-from schemas.outputs import split_crossing_key
 from streams.settings import Settings
 
 INPUTS = ("geo-pings", "connection-logs", "consents")
@@ -150,15 +149,17 @@ class CrossingCheck:
 
     routed_pings: int
     late_pings: int
-    excluded_users: int  # users in a tombstoned pair (withdrawal, erasure): their pairs depend on when it happened
+    excluded_users: int  # users who withdrew crossings or were erased: their pairs depend on when it happened
     streamed_pairs: int
     recomputed_pairs: int
     only_streamed: list[tuple[str, str]]
     only_recomputed: list[tuple[str, str]]
+    records_compared: int = 0  # keys (participant|other) of pairs found on both sides
+    records_differing: list[str] = field(default_factory=list)  # keys whose final record is not the batch's
 
     @property
     def identical(self) -> bool:
-        return not self.only_streamed and not self.only_recomputed
+        return not self.only_streamed and not self.only_recomputed and not self.records_differing
 
 
 def check_crossings(settings: Settings, crossing_records: list[tuple[bytes, dict | None]] | None = None,
@@ -166,9 +167,11 @@ def check_crossings(settings: Settings, crossing_records: list[tuple[bytes, dict
     """Recompute the crossing pairs from the crossing-cells topic and compare with the crossings topic.
 
     Each ping the worker accepted for crossings is in crossing-cells with its home key (twice if it was
-    re-fetched: at-least-once); the batch detector (geo.crossings.detect_pairs, the same rules) finds
-    the pairs they make. Users of a tombstoned pair are left out on both sides (their pairs depend on
-    the moment consent changed). Pings late for the detector were dead-lettered, not matched: their pairs
+    re-fetched: at-least-once); the batch detector (geo.crossings.detect_crossings, the same rules)
+    finds the pairs they make, and the final record under each key (what a reader of the compacted
+    topic sees) must be the batch's latest record of the pair (geo.crossings.latest_per_pair). Users who withdrew crossings (or geolocation) consent or were erased are
+    left out on both sides (their pairs depend on the moment consent changed): those of a consent
+    record saying so, or of a tombstone on `consents`. Pings late for the detector were dead-lettered, not matched: their pairs
     can only show on the recomputed side (`late_pings` says how many there were).
     `crossing_records`: the crossings topic already read (read_crossings), if at hand.
     `progress`: a callable (phase, done, total, unit) told how reading and the search advance.
@@ -176,8 +179,10 @@ def check_crossings(settings: Settings, crossing_records: list[tuple[bytes, dict
     import orjson
     import pandas as pd
 
-    from geo.crossings import detect_pairs
+    from geo.crossings import detect_crossings, latest_per_pair
     from geo.zones import SensitiveZones
+    from schemas.outputs import crossing_key
+    from schemas.timefmt import format_ts
     from streams.tools.kafkaio import read_topic
 
     rows = []
@@ -194,32 +199,64 @@ def check_crossings(settings: Settings, crossing_records: list[tuple[bytes, dict
             if k == h:
                 rows.append((u, ts, lat, lon, acc))
     pings = pd.DataFrame(rows, columns=["user_id", "ts", "lat", "lon", "accuracy_m"]).drop_duplicates()
-    streamed, excluded = set(), set()
+    excluded = _users_who_withdrew(settings)
+    final: dict[bytes, dict | None] = {}
     for key, rec in read_crossings(settings) if crossing_records is None else crossing_records:
-        if rec is None:
-            excluded.update(split_crossing_key(key))
-        else:
-            streamed.add(tuple(sorted((rec["user_id"], rec["other_user_id"]))))
+        final[key] = rec
+    streamed = {tuple(sorted((rec["user_id"], rec["other_user_id"]))) for rec in final.values() if rec is not None}
     zones = SensitiveZones.from_geojson(settings.zones_path) if settings.zones_path else None
-    recomputed = detect_pairs(pings, settings.crossing_params(), zones, progress=progress) if len(pings) else set()
+    batch = detect_crossings(pings, settings.crossing_params(), zones, progress=progress) if len(pings) else None
+    expected = {}
+    if batch is not None:
+        for a, b, ts, place, band in latest_per_pair(batch).itertuples(index=False):
+            expected[(a, b)] = (format_ts(ts), place, band)
 
-    def kept(pairs: set) -> set:
+    def kept(pairs) -> set:
         return {p for p in pairs if p[0] not in excluded and p[1] not in excluded}
 
-    s, r = kept(streamed), kept(recomputed)
+    s, r = kept(streamed), kept(expected)
+    differing = []
+    for a, b in sorted(s & r):
+        for user, other in ((a, b), (b, a)):
+            rec = final.get(crossing_key(user, other))
+            if rec is None or (rec["ts"], rec["place"], rec["distance_band"]) != expected[(a, b)]:
+                differing.append(f"{user}|{other}")
     late = read_counters(settings).late.get("crossing-cells", 0)
-    return CrossingCheck(len(pings), late, len(excluded), len(s), len(r), sorted(s - r), sorted(r - s))
+    return CrossingCheck(len(pings), late, len(excluded), len(s), len(r), sorted(s - r), sorted(r - s),
+                         2 * len(s & r), differing)
+
+
+def _users_who_withdrew(settings: Settings) -> set[str]:
+    """Users with a consent record switching crossings or geolocation off, or deleting the account
+    (the record, or its tombstone once compacted), on the consents topic."""
+    from streams.tools.kafkaio import read_topic
+
+    users = set()
+    for rec in read_topic(settings, settings.topic("consents")):
+        if rec.value is None:
+            users.add(rec.key.decode(errors="replace"))
+            continue
+        try:
+            doc = json.loads(rec.value)
+        except ValueError:
+            continue  # rejected by the worker: changed no consent
+        if isinstance(doc, dict) and isinstance(doc.get("user_id"), str) and (
+                doc.get("crossings") is False or doc.get("geolocation") is False or doc.get("deleted") is True):
+            users.add(doc["user_id"])
+    return users
 
 
 def format_crossing_check(check: CrossingCheck) -> str:
     head = (f"{check.routed_pings} pings routed for crossings; {check.streamed_pairs} streamed pairs vs "
             f"{check.recomputed_pairs} recomputed by the batch detector, leaving out {check.excluded_users} "
-            f"users of a tombstoned pair")
+            f"users who withdrew or were erased")
+    head += f"; final records under {check.records_compared} keys"
     if check.identical:
         return head + ": identical"
     lines = [head + ": DIFFERENT",
              f"  only streamed ({len(check.only_streamed)}): {check.only_streamed[:5]}",
-             f"  only recomputed ({len(check.only_recomputed)}): {check.only_recomputed[:5]}"]
+             f"  only recomputed ({len(check.only_recomputed)}): {check.only_recomputed[:5]}",
+             f"  final record not the batch's ({len(check.records_differing)}): {check.records_differing[:5]}"]
     if check.late_pings:
         lines.append(f"  {check.late_pings} pings came too late for a stage and were not matched; "
                      "pairs of late pings are expected only on the recomputed side")
