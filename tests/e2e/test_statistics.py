@@ -200,16 +200,7 @@ def test_dp_partner_statistics_noisy_thresholded_and_bounded(pipeline_settings):
     later = int((w0 + 2 * 3600 + 400) * 1000)
     closers = [{"user_id": u, "ts": later, "lat": 48.9, "lon": 2.25} for u in people]
     with running_workers(s, count=1):
-        prod = producer(s)
-        for u in people:
-            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
-                                                     "partner_sharing": True})
-        prod.flush()
-        wait_received(s, {"consents": len(people)})
-        for d in pings + closers:
-            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
-        prod.flush()
-        wait_received(s, {"geo-pings": len(pings) + len(closers)})
+        _send_opted_in(s, people, pings + closers, now)
         _wait_nonempty(s, "partner-statistics")
         time.sleep(3)
         loc = [json.loads(r.value) for r in consume_all(s, "partner-statistics")]
@@ -265,16 +256,7 @@ def test_dp_over_a_declared_area_counts_every_area_cell_in_every_window(pipeline
     later = int((w0 + 3 * 3600 + 400) * 1000)
     closers = [{"user_id": u, "ts": later, "lat": 48.9, "lon": 2.25} for u in people]
     with running_workers(s, count=1):
-        prod = producer(s)
-        for u in people:
-            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
-                                                     "partner_sharing": True})
-        prod.flush()
-        wait_received(s, {"consents": len(people)})
-        for d in pings + closers:
-            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
-        prod.flush()
-        wait_received(s, {"geo-pings": len(pings) + len(closers)})
+        _send_opted_in(s, people, pings + closers, now)
         deadline = time.monotonic() + 60
         while True:  # the three windows, each published once its partition's watermark passes it
             loc = [json.loads(r.value) for r in consume_all(s, "partner-statistics")]
@@ -307,3 +289,17 @@ def test_dp_over_a_declared_area_counts_every_area_cell_in_every_window(pipeline
     assert set(first) - set(dense) - set(roam), "no empty area cell got a noisy count that showed"
     raw = json.dumps(loc)
     assert not any(u in raw for u in people)
+
+
+def _send_opted_in(s, people, pings: list[dict], now: float) -> None:
+    """Every person opted in to partner sharing (a day ago), then their pings; waits until all are counted."""
+    prod = producer(s)
+    for u in people:
+        send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
+                                                 "partner_sharing": True})
+    prod.flush()
+    wait_received(s, {"consents": len(people)})
+    for d in pings:
+        send_json(prod, s.topic("geo-pings"), d["user_id"], d)
+    prod.flush()
+    wait_received(s, {"geo-pings": len(pings)})
