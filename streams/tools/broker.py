@@ -152,7 +152,11 @@ def reachable(bootstrap: str, timeout_s: float = 5.0, auth: ClientAuth | None = 
 
 
 def brokers_up(bootstrap: str, timeout_s: float = 5.0, auth: ClientAuth | None = None) -> int:
-    """How many brokers the cluster at `bootstrap` reports (0: no admin call succeeded)."""
+    """How many unfenced brokers the cluster at `bootstrap` reports (0: no admin call succeeded).
+
+    A broker that has registered but is still fenced is listed too; it cannot host replicas yet, so
+    topics created with replication 3 right after would fail: it does not count.
+    """
     from kafka.admin import KafkaAdminClient
 
     try:
@@ -162,7 +166,7 @@ def brokers_up(bootstrap: str, timeout_s: float = 5.0, auth: ClientAuth | None =
     except Exception:
         return 0
     try:
-        return len(admin.describe_cluster().get("brokers") or ())
+        return sum(not b.get("is_fenced", False) for b in admin.describe_cluster().get("brokers") or ())
     except Exception:
         return 0
     finally:

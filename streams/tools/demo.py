@@ -92,14 +92,23 @@ def wait_for_drain(settings: Settings, timeout_s: float, quiet_s: float = 3.0) -
     No lag once is not enough: a stage sends progress markers once a second after the records that
     made them, so the group must stay without lag for a few seconds before the outputs are final.
     Returns False, having said which topics still lag, if that does not happen within timeout_s.
+    A retriable Kafka error (a group coordinator or leader that moved with a broker) is asked again
+    until timeout_s, then raised.
     """
-    from streams.tools.kafkaio import group_lag
+    from streams.tools.kafkaio import group_lag, is_retriable
 
     topics = [settings.topic(name) for name in PIPELINE_TOPICS]
     deadline = time.monotonic() + timeout_s
     quiet_since = None
     while True:
-        lag = group_lag(settings, settings.app_id, topics)
+        try:
+            lag = group_lag(settings, settings.app_id, topics)
+        except Exception as exc:
+            if not is_retriable(exc) or time.monotonic() > deadline:
+                raise
+            quiet_since = None  # the lag is unknown: no quiet period spans it
+            time.sleep(1)
+            continue
         behind = {t.removeprefix(settings.topic_prefix): n for t, n in lag.items() if n}
         now = time.monotonic()
         if not behind:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,13 +52,34 @@ def read_json(settings: Settings, topic: str) -> list[dict]:
     return [json.loads(r.value) for r in read_topic(settings, topic) if r.value is not None]
 
 
-def group_lag(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
+def is_retriable(exc: BaseException) -> bool:
+    """Whether a Kafka error may go away by itself (a coordinator or leader that moved, a node not ready, a timeout)."""
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    # kafka-python 2.x (allowed by pyproject) does not mark KafkaTimeoutError retriable.
+    return isinstance(exc, KafkaTimeoutError) or (isinstance(exc, KafkaError) and exc.retriable)
+
+
+def group_lag(settings: Settings, group: str, topics: list[str], retry_s: float = 10.0) -> dict[str, int]:
     """Messages of each topic not yet committed by consumer group `group` (end offset minus committed).
 
     Committed offsets are read before the end offsets, so a record appended in between counts as
     lag: zero means every record up to the end was handled (Faust commits only after flushing
     what the handling sent). A partition the group never committed counts from offset 0.
+    A retriable error (e.g. NotCoordinatorError while the group's coordinator moves to another
+    broker) is retried for retry_s, then raised.
     """
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return _group_lag_once(settings, group, topics)
+        except Exception as exc:
+            if not is_retriable(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _group_lag_once(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
     admin = admin_client(settings, client_id="crosspaths-lag")
     consumer = kafka_consumer(settings, group_id=None, client_id="crosspaths-lag")
     try:
