@@ -477,5 +477,24 @@ def demo(users: int, hours: float, seed: int, timeout: float) -> None:
         _fail(str(exc))
 
 
+# --------------------------------------------------------------------------- scenario
+@main.group()
+def scenario() -> None:
+    """Fault scenarios, each compared record by record with a fault-free run (bench/scenarios.py)."""
+
+
+@scenario.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("name")
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def scenario_run(name: str, options: tuple[str, ...]) -> None:
+    """Run scenario NAME (or all) on a broker of its own; OPTIONS as `bench/scenarios.py --help`."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "scenarios.py"
+    if not script.exists():
+        _fail(f"{script} is not here: the scenario runner comes with a checkout of the repository")
+    sys.exit(subprocess.call([sys.executable, str(script), name, *options]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -37,7 +37,10 @@ class TableBackedWindows:
         prefix = f"{p}{SEP}"
         for k in list(self.members.keys()):
             if k.startswith(prefix):
-                _, ws, key, member = k.split(SEP, 3)
+                # The key may hold SEP itself (a connection group joins its attributes with it);
+                # the member (a pseudonym) never does: split it off the end.
+                head, member = k.rsplit(SEP, 1)
+                _, ws, key = head.split(SEP, 2)
                 if not self.published.get(f"{p}{SEP}{ws}"):
                     wd.add(float(ws), key, member)
         return wd

@@ -103,3 +103,16 @@ def test_day_map_draws_noisy_cells_and_says_so(tmp_path):
     assert _kind(frame.drop(columns="noisy")) == "regions"
     data = render_day(frame, tmp_path / "day.png", "a DP day").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_a_window_rebuilt_from_its_table_equals_the_live_one_when_keys_hold_the_separator():
+    """Connection groups join their attributes with SEP: a worker that takes a statistics partition over
+    (restart, rebalance) must rebuild each group whole, not split at the group's own separators."""
+    live, _ = _windows(every_window=False)
+    group = SEP.join(["iOS", "Mobile Safari", "fr"])
+    live.add(0, 3600 * 10 + 5, group, "m1", source=0)
+    live.add(0, 3600 * 10 + 9, group, "m2", source=0)
+    rebuilt = TableBackedWindows("t", live.members, live.published, 3600, 300, sources=range(1))
+    for w in (live, rebuilt):
+        w.advance(0, 0, 3600 * 11 + 300)
+    assert [(c.start, c.members) for c in rebuilt.close(0)] == [(36000.0, {group: {"m1", "m2"}})]
