@@ -148,15 +148,7 @@ def test_a_window_closes_when_later_input_goes_elsewhere(pipeline_settings):
     # Many users, so every input partition has some; no opt-in, so none of this goes to statistics.
     closers = [{"user_id": f"q{i:03d}", "ts": later, "lat": 48.8566, "lon": 2.3522} for i in range(40)]
     with running_workers(s, count=1):
-        prod = producer(s)
-        for u in opted:
-            send_json(prod, s.topic("consents"), u, {"user_id": u, "updated_at": format_ts(now - 86400),
-                                                     "partner_sharing": True})
-        prod.flush()
-        wait_received(s, {"consents": len(opted)})
-        for d in sorted(pings, key=lambda d: d["ts"]) + closers:
-            send_json(prod, s.topic("geo-pings"), d["user_id"], d)
-        prod.flush()
+        _send_opted_in(s, opted, sorted(pings, key=lambda d: d["ts"]) + closers, now)
         loc = [json.loads(r.value) for r in _wait_nonempty(s, "partner-statistics", timeout_s=60)]
     assert loc, "the window was never published: an input partition that sent nothing there held it open"
     # Every user counted: the whole window, as the core publishes it (users left below k around a
