@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     crossing_cooldown_s: float = _CROSSING.cooldown_s
     crossing_lateness_s: float = _CROSSING.lateness_s
     crossing_place_resolution: int = _CROSSING.place_resolution
+    # The crowd rule (geo/README.md): more distinct users than this at one partition key within one
+    # crossing window is a crowd, whose pings are counted, not matched pairwise. 0: no crowd rule.
+    crossing_crowd_users: int = Field(_CROSSING.crowd_users, ge=0)
     zones_path: Path | None = None
 
     # Statistics
@@ -122,7 +125,7 @@ class Settings(BaseSettings):
             "distance_m": self.crossing_distance_m, "window_s": self.crossing_window_s,
             "max_accuracy_m": self.crossing_max_accuracy_m, "cooldown_s": self.crossing_cooldown_s,
             "lateness_s": self.crossing_lateness_s, "place_resolution": self.crossing_place_resolution,
-            **overrides})
+            "crowd_users": self.crossing_crowd_users, **overrides})
 
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic name."""

@@ -11,12 +11,30 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from geo.crossings.model import Crossing, CrossingParams, supersedes
+from geo.crossings.model import Crossing, CrossingParams, cooldown_period, slice_end, supersedes
 
 Current = tuple[float, "float | None", "str | None", "str | None"]  # (ts, distance_m, place, band) of a pair's record
+Group = tuple[str, int, int, float]  # (partition key, slice lo, slice hi, cooldown period): see crowd.GroupBests
+Entry = list  # [ts, distance_m, place, band, source]: a group's best crossing, from detector partition `source`
+
+
+class Outcome(NamedTuple):
+    """What an offer_group or withdraw_unit did: whether the pair's groups changed (to be saved),
+    whether its record changed (to be published), and the record (None: the pair has none)."""
+
+    touched: bool
+    changed: bool
+    record: "Current | None"
+
+
+def _order(entry) -> tuple:
+    """model.supersedes' order (ts, distance, place, band) as a sort key; unknown values first."""
+    ts, d, place, band = entry[:4]
+    return (ts, -math.inf if d is None else d, place or "", band or "")
 
 
 class PairCooldown:
@@ -39,6 +57,10 @@ class PairCooldown:
         self._partners: dict[str, dict[str, None]] = {}
         self._hour_of: dict[tuple[str, str], int] = {}  # pair -> hour of its last report (wall clock)
         self._by_hour: dict[int, list[tuple[str, str]]] = {}  # hour -> pairs reported in it (maybe since again)
+        # The pair stage's form (offer_group): each pair's groups (crossings the crowd rule withdraws
+        # together), and each detector partition's watermark (which groups are final).
+        self._groups: dict[tuple[str, str], dict[Group, Entry]] = {}
+        self._settled: dict[object, float] = {}
 
     def offer(self, crossing: Crossing) -> bool:
         """Whether this crossing replaces its pair's current record (and, if so, remember it)."""
@@ -62,14 +84,101 @@ class PairCooldown:
         if reported_at is not None:
             self._mark(pair, reported_at)
         if last is None:
-            partners = self._partners
-            for user, other in ((user_a, user_b), (user_b, user_a)):
-                known = partners.get(user)
-                if known is None:
-                    partners[user] = {other: None}
-                else:
-                    known[other] = None
+            self._link(user_a, user_b)
         return True
+
+    # ----------------------------------------------------------------- the pair stage's form
+
+    def offer_group(self, user_a: str, user_b: str, key: str, lo: int, hi: int, ts: float,
+                    distance_m: float | None, place: str | None, band: str | None, source: object = None,
+                    reported_at: float | None = None) -> Outcome:
+        """A detector's best crossing so far in group (key, lo, hi) of pair user_a < user_b.
+
+        The pair's record is then the best crossing (model.supersedes' order) of its latest period
+        over the groups not withdrawn. Offered in any order, with withdrawals applied in their
+        detector's order, the same groups leave the same record.
+        """
+        pair = (user_a, user_b)
+        groups = self._groups.get(pair)
+        if groups is None:
+            groups = self._groups[pair] = {}
+        g = (key, lo, hi, cooldown_period(ts, self.params.cooldown_s))
+        entry = [ts, distance_m, None if place is None else sys.intern(place), None if band is None else sys.intern(band),
+                 source]
+        old = groups.get(g)
+        if old is not None and _order(entry) >= _order(old):
+            return Outcome(False, False, self._last.get(pair))
+        groups[g] = entry
+        return Outcome(True, *self._refresh(pair, reported_at))
+
+    def withdraw_unit(self, user_a: str, user_b: str, key: str, s: int, reported_at: float | None = None) -> Outcome:
+        """Unit (key, s) became a crowd: the pair's groups in it are withdrawn."""
+        pair = (user_a, user_b)
+        groups = self._groups.get(pair)
+        gone = [g for g in groups if g[0] == key and s in (g[1], g[2])] if groups else []
+        if not gone:
+            return Outcome(False, False, self._last.get(pair))
+        for g in gone:
+            del groups[g]
+        return Outcome(True, *self._refresh(pair, reported_at))
+
+    def settle(self, source: object, watermark: float) -> None:
+        """Detector partition `source` has reached `watermark`: its groups of slices ended by then are final."""
+        if watermark > self._settled.get(source, -math.inf):
+            self._settled[source] = watermark
+
+    def reported_at(self, user_a: str, user_b: str) -> float | None:
+        """The start of the hour the pair's record was last reported in (wall clock), None if not known."""
+        hour = self._hour_of.get((user_a, user_b))
+        return None if hour is None else hour * self._HOUR
+
+    def groups_of(self, user_a: str, user_b: str) -> dict[Group, Entry]:
+        return dict(self._groups.get((user_a, user_b), {}))
+
+    def _refresh(self, pair: tuple[str, str], reported_at: float | None) -> tuple[bool, Current | None]:
+        """Prune the pair's groups that can no longer matter, recompute its record; (changed, record)."""
+        groups = self._groups.get(pair)
+        if groups:
+            self._prune(groups)
+        old = self._last.get(pair)
+        if not groups:
+            self._groups.pop(pair, None)
+            if old is None:
+                return False, None
+            self._drop(pair)
+            return True, None
+        latest = max(g[3] for g in groups)
+        best = min((e for g, e in groups.items() if g[3] == latest), key=_order)
+        record: Current = (best[0], best[1], best[2], best[3])
+        if old == record:
+            return False, old
+        self._last[pair] = record
+        if reported_at is not None:
+            self._mark(pair, reported_at)
+        if old is None:
+            self._link(*pair)
+        return True, record
+
+    def _prune(self, groups: dict[Group, Entry]) -> None:
+        """Drop groups that can never be the record: older than a final group's period, or worse than it."""
+        settled, params = self._settled, self.params
+        final = [(g, e) for g, e in groups.items()
+                 if settled.get(e[4], -math.inf) >= slice_end(g[2], params)]
+        if not final:
+            return
+        period = max(g[3] for g, _ in final)
+        floor = min((e for g, e in final if g[3] == period), key=_order)
+        for g in [g for g, e in groups.items() if g[3] < period or (g[3] == period and _order(e) > _order(floor))]:
+            del groups[g]
+
+    def _link(self, user_a: str, user_b: str) -> None:
+        partners = self._partners
+        for user, other in ((user_a, user_b), (user_b, user_a)):
+            known = partners.get(user)
+            if known is None:
+                partners[user] = {other: None}
+            else:
+                known[other] = None
 
     def current(self, user_a: str, user_b: str) -> Current | None:
         """The pair's current record (ts, distance_m, place, band), None if it has none."""
@@ -107,6 +216,7 @@ class PairCooldown:
 
     def _drop(self, pair: tuple[str, str]) -> None:
         del self._last[pair]
+        self._groups.pop(pair, None)
         self._hour_of.pop(pair, None)
         a, b = pair
         for u, v in ((a, b), (b, a)):
@@ -126,6 +236,7 @@ class PairCooldown:
         for other in partners:
             pair = (user_id, other) if user_id < other else (other, user_id)
             self._last.pop(pair, None)
+            self._groups.pop(pair, None)
             self._hour_of.pop(pair, None)
             others = self._partners.get(other)
             if others is not None:
@@ -142,19 +253,29 @@ class PairCooldown:
         return len(old)
 
     def snapshot(self) -> dict:
-        """JSON-ready state: [user_a, user_b, ts, distance_m, place, band, reported_at] per pair (None: unknown)."""
+        """JSON-ready state: [user_a, user_b, ts, distance_m, place, band, reported_at, groups] per pair
+        (None: unknown; groups: group_entries())."""
         hour_of = self._hour_of
-        return {"last": [[a, b, t, d, place, band, hour_of[(a, b)] * self._HOUR if (a, b) in hour_of else None]
+        return {"last": [[a, b, t, d, place, band, hour_of[(a, b)] * self._HOUR if (a, b) in hour_of else None,
+                          self.group_entries(a, b)]
                          for (a, b), (t, d, place, band) in sorted(self._last.items())]}
+
+    def group_entries(self, user_a: str, user_b: str) -> list[list]:
+        """The pair's groups as JSON-ready rows [key, lo, hi, period, ts, distance_m, place, band, source]."""
+        return [[*g, *e] for g, e in sorted(self._groups.get((user_a, user_b), {}).items(), key=lambda ge: ge[0])]
 
     @classmethod
     def restore(cls, snapshot: dict, params: CrossingParams = CrossingParams()) -> "PairCooldown":
-        """A PairCooldown from a snapshot() (entries [a, b, ts, distance_m, place, band, reported_at])."""
+        """A PairCooldown from a snapshot() (entries [a, b, ts, distance_m, place, band, reported_at[, groups]])."""
         self = cls(params)
-        for a, b, t, d, place, band, reported_at in snapshot.get("last", []):
+        for row in snapshot.get("last", []):
+            a, b, t, d, place, band, reported_at = row[:7]
             if not a < b:
                 raise ValueError(f"snapshot pair ({a!r}, {b!r}) is not sorted")
             self._last[(a, b)] = (float(t), None if d is None else float(d), place, band)
+            if len(row) > 7 and row[7]:
+                self._groups[(a, b)] = {(k, int(lo), int(hi), float(period)): [float(gt), gd, gp, gb, src]
+                                        for k, lo, hi, period, gt, gd, gp, gb, src in row[7]}
             self._partners.setdefault(a, {})[b] = None
             self._partners.setdefault(b, {})[a] = None
             if reported_at is not None:

@@ -15,9 +15,9 @@ import h3
 import numpy as np
 
 from geo.clock import EventClock
-from geo.crossings.cooldown import PairCooldown
+from geo.crossings.crowd import CrowdCounts, GroupBests
 from geo.crossings.model import (_MARGIN, Crossing, CrossingParams, Fix, LateFix, _expand, _match, _outside_zones,
-                                 cooldown_period, distance_bands, is_usable)
+                                 cooldown_period, crowd_slice, distance_bands, is_usable, slice_s)
 from geo.distance import EARTH_RADIUS_M, cos_lat, midpoint
 from geo.zones import SensitiveZones
 
@@ -78,6 +78,8 @@ class CellDetector:
         # keys that hold something old (a scan of every key cost more than detection itself).
         # Lists, not sets (8 bytes an entry; a key may repeat, once per batch that touched it).
         self._buckets: dict[int, list[str]] = {}
+        self.crowd = CrowdCounts(params)  # the crowd rule's people per (key, slice)
+        self.crowds_seen = 0
 
     @property
     def watermark(self) -> float:
@@ -93,6 +95,12 @@ class CellDetector:
     def horizon(self) -> float:
         """Event time before which no live ping can match a fix that is not late (evict() drops them)."""
         return self.watermark - self.params.window_s - _HORIZON_SLACK_S
+
+    @property
+    def replay_horizon(self) -> float:
+        """Event time from which replaying this detector's input rebuilds all it needs: the live pings,
+        and for the crowd rule the people of every unit and the pair groups (of two slices) not over yet."""
+        return min(self.horizon, self.watermark - self.params.window_s - 2 * slice_s(self.params) - _HORIZON_SLACK_S)
 
     def advance(self, source: Hashable, ts: float) -> None:
         """Upstream partition `source` has reached event time ts, without a fix for this detector.
@@ -128,17 +136,23 @@ class CellDetector:
     def add_many(self, users: Sequence[str], ts: Sequence[float], lat: Sequence[float], lon: Sequence[float],
                  accuracy: Sequence[float | None], homes: Sequence[str], keys: Sequence[str],
                  sources: Sequence[Hashable] | None = None,
-                 cooldown: PairCooldown | None = None) -> list[list[Crossing] | LateFix]:
+                 cooldown: GroupBests | None = None) -> list[list[Crossing] | LateFix]:
         """add() for a batch of fixes in arrival order, with the same results, one vectorized pass.
 
         Result i is what add() would have returned for fix i had the fixes been added one by one:
         lateness follows the watermark as it advances within the batch, and a fix is matched
         against the live pings of its key and the earlier fixes of the batch in that key.
 
-        With a cooldown, result i keeps only the crossings that may still be a pair's final record
-        (`_offered`): per pair, the batch's best match if it supersedes what was let through
-        before; the others are never built (dense places produce many crossings per fix, nearly
-        all of them repeats within the cooldown period).
+        The crowd rule (geo.crossings.crowd): the batch's fixes are counted in their units first;
+        a fix whose unit is a crowd is neither matched nor kept, and when a unit becomes one, its
+        live pings are dropped and `cooldown.withdraw_unit` withdraws the crossings sent from it.
+        So a batch acts as if its fixes had all been counted before any was matched: the results
+        differ from add() one by one only by crossings that add() would have sent and then withdrawn.
+
+        With a cooldown (GroupBests), result i keeps only the crossings that may still be a pair's
+        final record (`_offered`): per pair group, the batch's best match if it is better than what
+        was let through before; the others are never built (dense places produce many crossings per
+        fix, nearly all of them repeats within the cooldown period).
         """
         p = self.params
         n = len(users)
@@ -169,6 +183,8 @@ class CellDetector:
             inside = np.asarray(self.zones.contains(np.asarray([lat[i] for i in take], dtype=np.float64),
                                                     np.asarray([lon[i] for i in take], dtype=np.float64)))
             take = [i for i, z in zip(take, np.atleast_1d(inside)) if not z]
+        if take and self.crowd.limit > 0:
+            take = self._count_people(take, users, t, keys, cooldown)
         if not take:
             return results
         # New fixes grouped by key (arrival order kept inside a group), after the live pings they meet.
@@ -231,10 +247,13 @@ class CellDetector:
             hit = hit[np.lexsort((right[hit], np.asarray(order, dtype=np.int64)[left[hit]]))]
             if hit.size and self.zones:
                 hit = hit[_outside_zones(a[_LAT, hit], a[_LON, hit], b[_LAT, hit], b[_LON, hit], self.zones)[2]]
+            names = list(groups)
+            new_group = np.repeat(np.arange(n_groups), [len(g) for g in groups.values()])
             if hit.size and cooldown is not None:
-                hit = hit[self._offered(a[:, hit], b[:, hit], d[hit], cooldown)]
+                hit = hit[self._offered(a[:, hit], b[:, hit], d[hit], new_group[left[hit]], names, cooldown)]
             if hit.size:
-                for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit])):
+                for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit],
+                                                                                 new_group[left[hit]], names)):
                     results[order[r]].append(crossing)
         horizon = self.horizon
         for state, lo, hi in zip(states, new_lo, new_hi):
@@ -254,62 +273,71 @@ class CellDetector:
             keys_of.append(names[g])
         return results
 
-    def _offered(self, a: np.ndarray, b: np.ndarray, d: np.ndarray, cooldown: PairCooldown) -> np.ndarray:
-        """Which matched pairs `cooldown` lets through: per pair, its best match of the batch in
-        model.supersedes' order (latest period, earliest time, smallest distance), if it supersedes
-        what was let through before. What is held back can never be a pair's final record:
-        something let through before is at least as good.
+    def _count_people(self, take: list[int], users: Sequence[str], t: np.ndarray, keys: Sequence[str],
+                      cooldown: GroupBests | None) -> list[int]:
+        """Count the fixes `take` in their units (crowd rule); the ones whose unit is not a crowd."""
+        slices = crowd_slice(t[take], self.params).tolist()
+        became = self.crowd.note([keys[i] for i in take], slices, [users[i] for i in take])
+        for key, s in became:
+            state = self._keys.get(key)
+            if state is not None:  # its pings will never be in a crossing here again
+                state.keep(crowd_slice(state.data[_TS, : state.n], self.params) != s)
+            if cooldown is not None:
+                cooldown.withdraw_unit(key, s)
+        self.crowds_seen += len(became)
+        is_crowd = self.crowd.is_crowd
+        return [i for i, s in zip(take, slices) if not is_crowd(keys[i], s)]
+
+    def _offered(self, a: np.ndarray, b: np.ndarray, d: np.ndarray, key_of: np.ndarray, names: list[str],
+                 cooldown: GroupBests) -> np.ndarray:
+        """Which matched pairs `cooldown` lets through: per pair group (crowd.GroupBests: pair, key,
+        slices, period), its best match of the batch by (time, distance), if it is better than what
+        was let through before. What is held back can never be a pair's final record: something let
+        through before is at least as good, and withdrawn only with it.
         """
+        p = self.params
         ts = np.maximum(a[_TS], b[_TS])
         period = cooldown_period(ts, cooldown.params.cooldown_s)
+        sa, sb = crowd_slice(a[_TS], p), crowd_slice(b[_TS], p)
+        lo, hi = np.minimum(sa, sb), np.maximum(sa, sb)
         ua, ub = a[_UID].astype(np.int64), b[_UID].astype(np.int64)
         code = (np.minimum(ua, ub) << 32) | np.maximum(ua, ub)
-        by_pair = np.argsort(code, kind="stable")  # each pair's matches together
-        sorted_code = code[by_pair]
-        total = code.size
-        starts = np.flatnonzero(np.r_[True, sorted_code[1:] != sorted_code[:-1]])
-        group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, total]))
-        # Per pair: the latest period, in it the earliest time, then the smallest distance.
-        sp, st, sd = period[by_pair], ts[by_pair], d[by_pair]
-        best_period = np.maximum.reduceat(sp, starts)
-        candidate = sp == best_period[group]
-        best_ts = np.minimum.reduceat(np.where(candidate, st, np.inf), starts)
-        candidate &= st == best_ts[group]
-        best_d = np.minimum.reduceat(np.where(candidate, sd, np.inf), starts)
-        tied = candidate & (sd == best_d[group])
-        best = by_pair[np.minimum.reduceat(np.where(tied, np.arange(total), total), starts)]
-        users = self._users
-        pairs = []
-        for x, y in zip(ua[best].tolist(), ub[best].tolist()):
-            x, y = users[x], users[y]
-            pairs.append((x, y) if x < y else (y, x))
-        # Most pairs of a dense batch are repeats within their period: settled on time alone.
-        last = cooldown.last_reported(pairs)
-        last_period = cooldown_period(last, cooldown.params.cooldown_s)
-        through = (best_period > last_period) | ((best_period == last_period) & (best_ts <= last))
-        offered = np.zeros(starts.size, dtype=bool)
-        go = np.flatnonzero(through)
-        offer = cooldown.offer_pair
-        offered[go] = [offer(*pairs[g], t, dd) for g, t, dd in zip(go.tolist(), best_ts[go].tolist(), best_d[go].tolist())]
+        by = np.lexsort((d, ts, period, hi, lo, key_of, code))  # each group together, its best first
+        c, k, sl, sh, pe = code[by], key_of[by], lo[by], hi[by], period[by]
+        starts = np.r_[True, (c[1:] != c[:-1]) | (k[1:] != k[:-1]) | (sl[1:] != sl[:-1]) | (sh[1:] != sh[:-1])
+                       | (pe[1:] != pe[:-1])]
+        group = np.cumsum(starts) - 1
+        first = by[starts]
         # Matches tied with the best on time and distance (the same geometry, in practice) go too:
         # their place, which decides such a tie, is not computed here.
-        mask = np.zeros(total, dtype=bool)
-        mask[by_pair[tied & offered[group]]] = True
+        tied = (ts[by] == ts[first][group]) & (d[by] == d[first][group])
+        users, offer = self._users, cooldown.offer
+        offered = np.zeros(first.size, dtype=bool)
+        for g, (x, y, kk, l, h, tt, dd) in enumerate(zip(ua[first].tolist(), ub[first].tolist(), key_of[first].tolist(),
+                                                          lo[first].tolist(), hi[first].tolist(), ts[first].tolist(),
+                                                          d[first].tolist())):
+            x, y = users[x], users[y]
+            offered[g] = offer(*((x, y) if x < y else (y, x)), names[kk], l, h, tt, dd)
+        mask = np.zeros(ts.size, dtype=bool)
+        mask[by[tied & offered[group]]] = True
         return mask
 
-    def _describe_pairs(self, a: np.ndarray, b: np.ndarray, d: np.ndarray) -> list[Crossing]:
-        """Crossings of matched pairs outside zones (a[:, k] the new fix, b[:, k] the other)."""
+    def _describe_pairs(self, a: np.ndarray, b: np.ndarray, d: np.ndarray, key_of: np.ndarray,
+                        names: list[str]) -> list[Crossing]:
+        """Crossings of matched pairs outside zones (a[:, k] the new fix, b[:, k] the other, found at key names[key_of[k]])."""
         mlat, mlon = midpoint(a[_LAT], a[_LON], b[_LAT], b[_LON])
         bands = distance_bands(d, self.params)
         users, res = self._users, self.params.place_resolution
+        sa, sb = crowd_slice(a[_TS], self.params), crowd_slice(b[_TS], self.params)
         latlng_to_cell = h3.latlng_to_cell
         out: list[Crossing] = []
-        for ua, ub, ta, tb, la, lo, band, dd in zip(a[_UID].astype(np.int64).tolist(), b[_UID].astype(np.int64).tolist(),
-                                                    a[_TS].tolist(), b[_TS].tolist(), np.atleast_1d(mlat).tolist(),
-                                                    np.atleast_1d(mlon).tolist(), bands.tolist(), d.tolist()):
+        for ua, ub, ta, tb, la, lo, band, dd, kk, xa, xb in zip(
+                a[_UID].astype(np.int64).tolist(), b[_UID].astype(np.int64).tolist(), a[_TS].tolist(), b[_TS].tolist(),
+                np.atleast_1d(mlat).tolist(), np.atleast_1d(mlon).tolist(), bands.tolist(), d.tolist(), key_of.tolist(),
+                np.minimum(sa, sb).tolist(), np.maximum(sa, sb).tolist()):
             x, y = users[ua], users[ub]
             out.append(Crossing(*((x, y) if x < y else (y, x)), ta if ta > tb else tb,
-                                latlng_to_cell(la, lo, res), band, dd))
+                                latlng_to_cell(la, lo, res), band, dd, (names[kk], xa, xb)))
         return out
 
     def pings_of(self, user_id: str) -> int:
@@ -325,6 +353,7 @@ class CellDetector:
         if code is None:
             return 0
         self._users[code] = None
+        self.crowd.forget_user(user_id)
         removed = 0
         for state in self._keys.values():
             removed += state.keep(state.data[_UID, : state.n] != code)
@@ -351,6 +380,8 @@ class CellDetector:
                         del self._keys[key]
                     elif state.n < state.data.shape[1] // 4 and state.data.shape[1] > 4:
                         state.data = state.data[:, : max(4, 2 * state.n)].copy()
+        if math.isfinite(wm):
+            self.crowd.expire(wm)
         self._compact_users()
         return removed
 
@@ -376,6 +407,7 @@ class CellDetector:
         for key, s in self._keys.items():
             total += sys.getsizeof(key) + sys.getsizeof(s) + s.data.nbytes + 112
         total += sum(sys.getsizeof(keys) for keys in self._buckets.values())
+        total += self.crowd.memory_bytes()
         for u in self._code:
             total += sys.getsizeof(u) + 32  # the string and its int code
         return total

@@ -44,6 +44,9 @@ class CrossingParams:
     lateness_s: float = 120.0
     place_resolution: int = 8
     partition_cell_m: float = 1000.0  # side of the spatial partition cells used by route()
+    # The crowd rule (geo.crossings.crowd): a partition key's slice of window_s with more than this
+    # many distinct users is a crowd, and no ping of it is matched there. 0: no crowd rule.
+    crowd_users: int = 200
 
     def __post_init__(self) -> None:
         def _num(name: str) -> float:
@@ -69,6 +72,9 @@ class CrossingParams:
         p = _num("partition_cell_m")
         if not (math.isfinite(p) and p >= d):
             raise ValueError(f"partition_cell_m={self.partition_cell_m!r} must be finite and >= distance_m={self.distance_m!r}")
+        c = self.crowd_users
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"crowd_users={c!r} must be an integer >= 0 (0: no crowd rule)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,9 @@ class Crossing:
     place: str  # H3 cell of the midpoint of the two fixes
     distance_band: str
     distance_m: float | None = None  # exact, for the order of model.supersedes; never published
+    # Where the stream found it: (partition key, slice of one ping, slice of the other), slices
+    # sorted (crowd.crowd_slice). The crowd rule withdraws it if either (key, slice) becomes a crowd.
+    group: tuple[str, int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.user_a < self.user_b:
@@ -166,6 +175,24 @@ def cooldown_period(ts, cooldown_s: float):
     if isinstance(ts, (int, float)):
         return math.floor(ts / cooldown_s) if math.isfinite(ts) else ts
     return np.floor(np.asarray(ts, dtype=np.float64) / cooldown_s)
+
+
+def slice_s(params: CrossingParams) -> float:
+    """Length of the crowd rule's time slices: the crossing window (at least 1 s)."""
+    return max(float(params.window_s), 1.0)
+
+
+def crowd_slice(ts, params: CrossingParams):
+    """The crowd rule's slice of a time (a number: int; an array: int64 array): floor(ts / slice_s), aligned on the epoch."""
+    s = slice_s(params)
+    if isinstance(ts, (int, float)):
+        return math.floor(ts / s)
+    return np.floor(np.asarray(ts, dtype=np.float64) / s).astype(np.int64)
+
+
+def slice_end(s: int, params: CrossingParams) -> float:
+    """Event time at which slice s ends (a ping at or after it is in a later slice)."""
+    return (s + 1) * slice_s(params)
 
 
 def supersedes(ts: float, distance_m: float | None, place: str | None, band: str | None,

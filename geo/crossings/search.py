@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from geo.crossings.model import (_DEG, _MARGIN, CrossingParams, _expand, _match, _outside_zones, cooldown_period,
-                                 distance_bands, is_usable)
+                                 crowd_slice, distance_bands, is_usable)
 from geo.distance import EARTH_RADIUS_M, cos_lat, midpoint
 from geo.zones import SensitiveZones
 from schemas.timefmt import parse_ts_column
@@ -249,6 +249,62 @@ def _matching_pairs(pings: _Pings, params: CrossingParams, chunk: int = 1 << 17,
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
 
 
+class _Crowds:
+    """The crowd rule (geo.crossings.crowd) over a frame: which pings can still meet, which pairs are crowd pairs."""
+
+    def __init__(self, pings: _Pings, params: CrossingParams):
+        from geo.crossings.routing import route_many
+
+        routes = route_many(pings.lat, pings.lon, None, params)
+        codes, uniq = pd.factorize(pd.Series(routes.keys, dtype=object), sort=False)
+        # Keys ranked in string order (route() compares names): the greater home key judges a pair.
+        rank_of = np.empty(len(uniq), dtype=np.int64)
+        rank_of[np.argsort(np.asarray(uniq, dtype=str), kind="stable")] = np.arange(len(uniq))
+        key = rank_of[codes]
+        slices = crowd_slice(pings.ts, params)
+        self.s0 = int(slices.min())
+        self.span = int(slices.max()) - self.s0 + 1
+        if len(uniq) * self.span >= 2**62 // max(1, len(pings.names)):
+            raise ValueError("the crowd rule cannot number units this many keys x slices x users apart; "
+                             "split the input by time")
+        rel = slices - self.s0
+        unit = key * self.span + rel[routes.fix]
+        person = np.unique(unit * len(pings.names) + pings.user[routes.fix])
+        units, people = np.unique(person // len(pings.names), return_counts=True)
+        self.crowds = units[people > params.crowd_users]  # sorted
+        in_crowd = self._is_crowd(unit)
+        # A ping can be in a crossing only at a key where its unit is not a crowd.
+        self.alive = np.bincount(routes.fix, weights=~in_crowd, minlength=len(pings.ts)) > 0
+        self.home = key[routes.home]  # routes list each fix's home first, one per fix
+        self.rel = rel
+
+    def _is_crowd(self, unit: np.ndarray) -> np.ndarray:
+        if self.crowds.size == 0:
+            return np.zeros(unit.shape, dtype=bool)
+        at = np.minimum(np.searchsorted(self.crowds, unit), self.crowds.size - 1)
+        return self.crowds[at] == unit
+
+    def pair_ok(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Not crowd pairs: judged at the greater home key, neither ping's (key, slice) is a crowd."""
+        judged = np.maximum(self.home[i], self.home[j]) * self.span
+        return ~(self._is_crowd(judged + self.rel[i]) | self._is_crowd(judged + self.rel[j]))
+
+    @classmethod
+    def matching_pairs(cls, pings: _Pings, params: CrossingParams, progress: Progress | None = None):
+        """_matching_pairs without crowd pairs, searching only pings that can still meet."""
+        if params.crowd_users <= 0 or len(pings.ts) <= params.crowd_users:  # no unit can have more people
+            return _matching_pairs(pings, params, progress=progress)
+        rule = cls(pings, params)
+        if rule.crowds.size == 0:
+            return _matching_pairs(pings, params, progress=progress)
+        keep = np.flatnonzero(rule.alive)
+        i, j, d = _matching_pairs(_Pings(pings.ts[keep], pings.lat[keep], pings.lon[keep], pings.user[keep], pings.names),
+                                  params, progress=progress)
+        i, j = keep[i], keep[j]
+        ok = rule.pair_ok(i, j)
+        return i[ok], j[ok], d[ok]
+
+
 def _earliest_per_period(pair: np.ndarray, period: np.ndarray, ts: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Indices of each (pair, period)'s first crossings by (ts, distance): all those tied with the first."""
     if len(pair) == 0:
@@ -290,7 +346,7 @@ def detect_crossings(
     `progress(searched, total)`, if given, is called as the search goes through the usable pings.
     """
     pings = _prepare(fixes, params, zones)
-    i, j, d = _matching_pairs(pings, params, progress=progress)
+    i, j, d = _Crowds.matching_pairs(pings, params, progress=progress)
     if zones and i.size:
         _, _, ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)
         i, j, d = i[ok], j[ok], d[ok]
@@ -340,7 +396,7 @@ def detect_pairs(
     (and the places) makes audits of a dense day several times faster.
     """
     pings = _prepare(fixes, params, zones)
-    i, j, _ = _matching_pairs(pings, params, progress=progress)
+    i, j, _ = _Crowds.matching_pairs(pings, params, progress=progress)
     if zones and i.size:
         ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)[2]
         i, j = i[ok], j[ok]

@@ -1,11 +1,12 @@
 """Crossing detection: the pings of each spatial cell matched against each other, per partition.
 
 Consumes crossing-cells (routed pings by spatial key, purge requests, progress markers). Asks the
-core: geo.crossings.CellDetector (the exact crossing test, lateness, eviction), a local
-PairCooldown (the pair stage's rule applied early, so repeats never leave the partition), and
-geo.resume (where the detector's in-memory state can be rebuilt from after a restart or a move).
-Emits candidate crossings to crossing-pairs (by pair), dead letters for late pings, and what a
-purge removed to the erasure reports.
+core: geo.crossings.CellDetector (the exact crossing test, the crowd rule, lateness, eviction),
+a local GroupBests (the pair stage's rule applied early per pair group, so repeats never leave the
+partition), and geo.resume (where the detector's in-memory state can be rebuilt from after a
+restart or a move). Emits to crossing-pairs (by pair) candidate crossings and the withdrawals of
+those sent from a unit that became a crowd, dead letters for late pings, and what a purge removed
+to the erasure reports.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from geo.crossings import CellDetector, LateFix, PairCooldown
+from geo.crossings import CellDetector, LateFix, pair_key
+from geo.crossings.crowd import GroupBests
 from geo.resume import ReplayLog, ResumePoint, choose, progress_of, remember, restore_progress
 from schemas.timefmt import format_ts
 from streams.app import app, crossing_cells, crossing_pairs, resume_table, settings
@@ -48,9 +50,9 @@ class DetectorPartition:
     """Everything one crossing-cells partition holds on this worker."""
 
     detector: CellDetector
-    # The same cooldown rule the pair stage applies, applied before repartitioning, keeps the
-    # pair topic small; the pair stage still decides (a pair seen in several cells).
-    local_cooldown: PairCooldown
+    # The same cooldown rule the pair stage applies, applied per pair group before repartitioning,
+    # keeps the pair topic small; the pair stage still decides (a pair seen in several cells).
+    local_cooldown: GroupBests
     consent_versions: dict[str, float] = field(default_factory=dict)  # user -> consent version of their pings
     replay_log: ReplayLog = field(default_factory=ReplayLog)
     since_evict: int = 0
@@ -62,7 +64,7 @@ class DetectorPartition:
     def empty(cls, p: int) -> "DetectorPartition":
         r = rules()
         # Every geo-pings partition feeds every cell partition: the watermark waits for the slowest.
-        return cls(CellDetector(r.crossing, r.zones, sources=range(settings.partitions)), PairCooldown(r.crossing))
+        return cls(CellDetector(r.crossing, r.zones, sources=range(settings.partitions)), GroupBests(r.crossing))
 
 
 detectors: PartitionStates[DetectorPartition] = ownership.register(
@@ -174,6 +176,12 @@ async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bo
     results = detector.add_many(users, body["ts"], body["lat"], body["lon"], body["acc"], homes, keys,
                                 sources=[src[1] for src in srcs], cooldown=local)
     out = Outbox()
+    wm = detector.watermark
+    # Withdrawals first: a unit became a crowd before any of the batch's fixes was matched.
+    for a, b, key, s in local.withdrawn:
+        out.add(crossing_pairs, pair_key(a, b), None, a=a, b=b, ts=None, d=None, place=None, band=None, cva=None,
+                cvb=None, g=None, x=[key, s], q=p, wm=wm)
+    local.withdrawn.clear()
     for i, result in enumerate(results):
         if isinstance(result, LateFix):
             if emit and homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
@@ -186,14 +194,15 @@ async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bo
             continue
         for c in result:
             out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, d=c.distance_m, place=c.place,
-                    band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0))
+                    band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0),
+                    g=list(c.group), x=None, q=p, wm=wm)
     if emit:
         await out.flush()
     state.since_evict += len(users)
     if state.since_evict >= EVICT_EVERY:
         state.since_evict = 0
         detector.evict()
-        local.expire(detector.watermark - detector.params.cooldown_s)
+        local.close(detector.watermark)
 
 
 # --------------------------------------------------------------------------- resume points
@@ -274,7 +283,7 @@ def _save_resume_point(p: int, state: DetectorPartition) -> None:
     if now - state.resume_saved_at < RESUME_EVERY_S:
         return
     state.resume_saved_at = now
-    point = state.replay_log.point(state.detector.horizon, progress_of(state.detector))
+    point = state.replay_log.point(state.detector.replay_horizon, progress_of(state.detector))
     if point is None:
         return
     write_at(resume_table, p, str(p), [pt.to_json() for pt in remember(_saved_points(p), point, RESUME_KEEP)])

@@ -53,13 +53,14 @@ class PairPartition:
     @classmethod
     def restore(cls, p: int) -> "PairPartition":
         prefix = f"{p}|"
-        # Pair-table values are [ts, reported at, place, band, distance] of the pair's current record
-        # (older values lack the last fields: unknown, they lose no tie they should win).
+        # Pair-table values are [ts, reported at, place, band, distance, groups] of the pair's current
+        # record and the groups it is the best of (PairCooldown.group_entries; older values lack the
+        # last fields: unknown, they lose no tie they should win).
         pairs = []
         for k, v in pair_table.items():
             if k.startswith(prefix):
-                ts, reported_at, place, band, d = (list(v) + [None] * 5)[:5]
-                pairs.append([*split_pair_key(k[len(prefix):]), ts, d, place, band, reported_at])
+                ts, reported_at, place, band, d, groups = (list(v) + [None] * 6)[:6]
+                pairs.append([*split_pair_key(k[len(prefix):]), ts, d, place, band, reported_at, groups])
         guards = {k[len(prefix):]: v for k, v in guard_table.items() if k.startswith(prefix)}
         return cls(PairCooldown.restore({"last": pairs}, rules().crossing), WithdrawalGuards.restore(guards))
 
@@ -85,21 +86,55 @@ async def _report_one(p: int, state: PairPartition, record, out: "_Reports") -> 
         await _purge(p, state, body, clock)
         return
     cooldown, guards, now = state.cooldown, state.guards, format_ts(clock)
-    # "d" (exact metres, for the order of ties) is absent from records written before it was sent.
-    distances = body.get("d") or [None] * len(body["a"])
-    for a, b, ts, d, place, band, cva, cvb in zip(body["a"], body["b"], body["ts"], distances, body["place"],
-                                                  body["band"], body["cva"], body["cvb"]):
-        if guards and guards.blocks(users.tag(a), cva, users.tag(b), cvb):
-            users.forget_tag(a), users.forget_tag(b)  # the user may be erased: keep no cached id
-            continue  # computed from pings sent before a withdrawal that has already been applied
+    n = len(body["a"])
+    # Each row is a candidate (g: [key, slice lo, slice hi], its group) or the withdrawal of a unit
+    # that became a crowd (x: [key, slice]), from detector partition q at watermark wm.
+    groups, withdrawn, sources, marks = (body.get(c) or [None] * n for c in ("g", "x", "q", "wm"))
+    settled: dict[int, float] = {}
+    for a, b, ts, d, place, band, cva, cvb, g, x, q, wm in zip(
+            body["a"], body["b"], body["ts"], body.get("d") or [None] * n, body["place"], body["band"], body["cva"],
+            body["cvb"], groups, withdrawn, sources, marks):
         if not a < b:
             raise ValueError(f"crossing-pairs record with users {a!r}, {b!r} not in order")
-        if not cooldown.offer_pair(a, b, ts, d, place, band, clock):
-            continue  # not the pair's latest period, or not before its record of that period
-        out.pair_reported(p, f"{p}|{pair_key(a, b)}", [ts, clock, place, band, d])
-        at = format_ts(ts)
-        for user, other in ((a, b), (b, a)):  # one record per participant, placed by that participant
-            out.crossing(user, other, crossing_bytes(user, other, at, place, rules().crossing.place_resolution, band, now))
+        if wm is not None and q is not None:
+            settled[q] = max(wm, settled.get(q, wm))
+        if x is not None:
+            outcome = cooldown.withdraw_unit(a, b, x[0], int(x[1]), clock)
+        else:
+            if guards and guards.blocks(users.tag(a), cva, users.tag(b), cvb):
+                users.forget_tag(a), users.forget_tag(b)  # the user may be erased: keep no cached id
+                continue  # computed from pings sent before a withdrawal that has already been applied
+            if g is None:  # a record of a version that sent no groups: the pair's record alone
+                if cooldown.offer_pair(a, b, ts, d, place, band, clock):
+                    _publish(p, cooldown, out, a, b, (ts, d, place, band), now)
+                continue
+            outcome = cooldown.offer_group(a, b, g[0], int(g[1]), int(g[2]), ts, d, place, band, q, clock)
+        if outcome.changed:
+            _publish(p, cooldown, out, a, b, outcome.record, now)
+        elif outcome.touched and outcome.record is not None:
+            out.pair_reported(p, f"{p}|{pair_key(a, b)}", _table_value(cooldown, a, b, outcome.record))
+    for q, wm in settled.items():
+        cooldown.settle(q, wm)
+
+
+def _table_value(cooldown: PairCooldown, a: str, b: str, record) -> list:
+    ts, d, place, band = record
+    return [ts, cooldown.reported_at(a, b), place, band, d, cooldown.group_entries(a, b)]
+
+
+def _publish(p: int, cooldown: PairCooldown, out: "_Reports", a: str, b: str, record, now: str) -> None:
+    """The pair's record changed: one record per participant, or tombstones when it has none any more."""
+    key = f"{p}|{pair_key(a, b)}"
+    if record is None:
+        out.pair_reported(p, key, None)
+        out.crossing(a, b, None)
+        out.crossing(b, a, None)
+        return
+    out.pair_reported(p, key, _table_value(cooldown, a, b, record))
+    ts, _, place, band = record
+    at = format_ts(ts)
+    for user, other in ((a, b), (b, a)):  # one record per participant, placed by that participant
+        out.crossing(user, other, crossing_bytes(user, other, at, place, rules().crossing.place_resolution, band, now))
 
 
 async def _purge(p: int, state: PairPartition, body: dict, clock: float) -> None:
@@ -138,8 +173,12 @@ class _Reports:
         self.keys.append(crossing_key(user, other))
         self.values.append(value)
 
-    def pair_reported(self, p: int, key: str, value: list) -> None:
-        pair_table.data[key] = value
+    def pair_reported(self, p: int, key: str, value: list | None) -> None:
+        """The pair-table entry of a pair (None: the pair has no record any more)."""
+        if value is None:
+            pair_table.data.pop(key, None)
+        else:
+            pair_table.data[key] = value
         self.entries.append((p, key, value))
 
     async def flush(self) -> None:

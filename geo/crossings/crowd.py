@@ -1,0 +1,186 @@
+"""The crowd rule: where many people share a place at once, they are counted, not matched pair by pair.
+
+Definition (held by geo.oracle's brute force, the batch search and the streaming detector alike):
+- Time is cut into slices of `slice_s(params)` = window_s (at least 1 s), aligned on the epoch:
+  `crowd_slice(ts) = floor(ts / slice_s)`.
+- A *unit* (K, s) is a partition key K of routing.route() and a slice s. Its people are the distinct
+  users with a usable ping outside every sensitive zone that route() sends to K (as its home key or
+  as a guest) with a time in s: the ~1 km cell K and the strip of distance_m around it on the sides
+  of its smaller neighbours.
+- A unit is a *crowd* when it has more than `crowd_users` people (0: never).
+- A matching ping pair (p, q) is judged at E, the greater of the two pings' home keys (where the
+  stream finds it). It is a *crowd pair* when (E, slice(p)) or (E, slice(q)) is a crowd; a crowd
+  pair is never a crossing. Everything else (the cooldown, places, zones, consent) applies to the
+  other pairs exactly as without the rule, so where no unit is a crowd, nothing changes.
+
+Why this form (docs/DECISIONS.md): every input of the decision about a pair is at the one detector
+key that finds the pair, so the stream needs no message between partitions to apply it, and the
+work per ping in a crowd is a counter update, not a match against everyone there.
+
+The stream answers before a unit is complete: a crossing found while its unit had `crowd_users`
+people or fewer is sent at once and withdrawn when the unit becomes a crowd (its key's pair
+groups in `GroupBests`, the pair stage's in cooldown.PairCooldown.offer_group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from geo.crossings.cooldown import PairCooldown
+from geo.crossings.model import CrossingParams, cooldown_period, crowd_slice, slice_end, slice_s, supersedes  # noqa: F401 (re-exported)
+
+Unit = tuple[str, int]  # (partition key, slice)
+GroupKey = tuple[str, str, str, int, int, float]  # (user_a, user_b, key, slice lo, slice hi, cooldown period)
+
+
+def crowded_units(keys: Sequence[str], slices: Sequence[int], users: Sequence[str], limit: int) -> set[Unit]:
+    """The crowds among units given by one row per routed ping (key, slice, user): more than `limit` people."""
+    if limit <= 0:
+        return set()
+    people: dict[Unit, set[str]] = {}
+    for unit in zip(keys, slices, users):
+        people.setdefault(unit[:2], set()).add(unit[2])
+    return {unit for unit, who in people.items() if len(who) > limit}
+
+
+class CrowdCounts:
+    """The people of each live unit of a detector, and which units are crowds.
+
+    A unit is counted until it becomes a crowd, then only marked (no one needs its people any
+    more): memory per unit is at most crowd_users + 1 names. Units are dropped once their slice is
+    over for the watermark (no ping of it can come in time any more).
+    """
+
+    def __init__(self, params: CrossingParams = CrossingParams()):
+        self.params = params
+        self.limit = params.crowd_users
+        self._people: dict[Unit, dict[str, None]] = {}
+        self._crowds: set[Unit] = set()
+        self._erased = 0
+
+    def note(self, keys: Sequence[str], slices: Sequence[int], users: Sequence[str]) -> list[Unit]:
+        """Count routed pings (key, slice, user); returns the units that became crowds, in order."""
+        if self.limit <= 0:
+            return []
+        became: list[Unit] = []
+        people, crowds, limit = self._people, self._crowds, self.limit
+        for key, s, user in zip(keys, slices, users):
+            unit = (key, s)
+            if unit in crowds:
+                continue
+            who = people.get(unit)
+            if who is None:
+                who = people[unit] = {}
+            who[user] = None
+            if len(who) > limit:
+                del people[unit]
+                crowds.add(unit)
+                became.append(unit)
+        return became
+
+    def is_crowd(self, key: str, s: int) -> bool:
+        return (key, s) in self._crowds
+
+    def crowds(self) -> set[Unit]:
+        """The live units that are crowds."""
+        return set(self._crowds)
+
+    def expire(self, watermark: float) -> int:
+        """Forget units whose slice ended at or before `watermark`; returns how many."""
+        end = self.params
+        old = [u for u in self._people if slice_end(u[1], end) <= watermark]
+        old_crowds = [u for u in self._crowds if slice_end(u[1], end) <= watermark]
+        for u in old:
+            del self._people[u]
+        self._crowds.difference_update(old_crowds)
+        return len(old) + len(old_crowds)
+
+    def forget_user(self, user_id: str) -> None:
+        """Erasure: the user's id leaves every count, replaced by a token that is no one's id, so that
+        the unit's count (what the decision about other people's pairs rests on) does not change."""
+        for who in self._people.values():
+            if user_id in who:
+                del who[user_id]
+                self._erased += 1
+                who[f"\x00erased-{self._erased}"] = None
+
+    def __len__(self) -> int:
+        return len(self._people) + len(self._crowds)
+
+    def memory_bytes(self) -> int:
+        return 232 * len(self) + 72 * sum(len(w) for w in self._people.values())
+
+
+class GroupBests:
+    """A detector partition's pre-filter: per pair *group* the best crossing sent so far.
+
+    A group is (pair, key, slice of one ping, slice of the other, cooldown period): the crossings
+    the crowd rule withdraws together. A crossing is sent when it is better (model.supersedes'
+    order on time and distance) than its group's best so far, and not worse than a *closed* group of
+    its pair and period (one whose slices are over: nothing can withdraw it any more, so nothing
+    worse can become the pair's record). When a unit becomes a crowd, `withdraw_unit` drops its
+    groups and lists (user_a, user_b, key, slice) in `withdrawn`, for the pair stage.
+    """
+
+    def __init__(self, params: CrossingParams = CrossingParams()):
+        self.params = params
+        self._best: dict[GroupKey, tuple[float, float]] = {}
+        self._by_unit: dict[Unit, list[GroupKey]] = {}
+        self._by_end: dict[int, list[GroupKey]] = {}  # hi slice -> groups (to close them)
+        self.closed = PairCooldown(params)
+        self.withdrawn: list[tuple[str, str, str, int]] = []
+
+    def offer(self, user_a: str, user_b: str, key: str, lo: int, hi: int, ts: float, distance_m: float) -> bool:
+        """Whether the crossing of user_a < user_b at (ts, distance) in group (key, lo, hi) goes on (and remember it)."""
+        cooldown_s = self.params.cooldown_s
+        closed = self.closed.current(user_a, user_b)
+        if closed is not None and not supersedes(ts, distance_m, None, None, closed, cooldown_s):
+            return False
+        gk = (user_a, user_b, key, lo, hi, cooldown_period(ts, cooldown_s))
+        best = self._best.get(gk)
+        if best is None:
+            self._by_unit.setdefault((key, lo), []).append(gk)
+            if hi != lo:
+                self._by_unit.setdefault((key, hi), []).append(gk)
+            self._by_end.setdefault(hi, []).append(gk)
+        elif (ts, distance_m) > best:
+            return False
+        elif (ts, distance_m) == best:
+            return True  # a tie on time and distance: the place decides, at the pair stage
+        self._best[gk] = (ts, distance_m)
+        return True
+
+    def withdraw_unit(self, key: str, s: int) -> int:
+        """Unit (key, s) became a crowd: drop its groups; (a, b, key, s) per pair goes to `withdrawn`."""
+        pairs: dict[tuple[str, str], None] = {}
+        for gk in self._by_unit.pop((key, s), ()):
+            if self._best.pop(gk, None) is not None:
+                pairs[gk[:2]] = None
+        self.withdrawn.extend((a, b, key, s) for a, b in pairs)
+        return len(pairs)
+
+    def close(self, watermark: float) -> int:
+        """Groups whose slices ended at or before `watermark` are final: their best goes to `closed`."""
+        closed = 0
+        for hi in [h for h in self._by_end if slice_end(h, self.params) <= watermark]:
+            for gk in self._by_end.pop(hi):
+                best = self._best.pop(gk, None)
+                if best is not None:
+                    self.closed.offer_pair(gk[0], gk[1], best[0], best[1])
+                    closed += 1
+                for unit in ((gk[2], gk[3]), (gk[2], gk[4])):
+                    self._by_unit.pop(unit, None)
+        self.closed.expire(watermark - self.params.cooldown_s)
+        return closed
+
+    def purge_user(self, user_id: str) -> None:
+        """Forget every group of a user (erasure, withdrawal)."""
+        for gk in [gk for gk in self._best if user_id in gk[:2]]:
+            del self._best[gk]
+        self.closed.purge_user(user_id)
+
+    def __len__(self) -> int:
+        return len(self._best)
