@@ -51,6 +51,7 @@ published at the base resolution only, as one-cell regions.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping
@@ -122,6 +123,31 @@ def _sort_key(value: Hashable) -> tuple[str, str]:
     return (type(value).__name__, str(value))
 
 
+class KeyedRandomness:
+    """Randomness as a keyed function of what it is drawn for: the same (secret, label, purpose, item)
+    always gives the same draws, so a window published again (a replay, a restart) shows the same
+    noise, and no one without the secret can predict it.
+
+    Passed where a numpy Generator is taken (`bound_contributions`, `publish_noisy_cells`), it draws
+    each user's kept cells from generator("bound", user) and each cell's noise from
+    generator("noise", cell): the result depends on neither the order of the input nor on how many
+    other users or cells were drawn before.
+    """
+
+    def __init__(self, secret: bytes, label: str):
+        self._key = hashlib.blake2b(secret, digest_size=32, person=b"crosspaths-dp").digest()
+        self.label = label
+
+    def generator(self, purpose: str, item: Hashable) -> np.random.Generator:
+        digest = hashlib.blake2b(f"{self.label}\x1f{purpose}\x1f{_sort_key(item)}".encode(), key=self._key,
+                                 digest_size=16).digest()
+        return np.random.default_rng(int.from_bytes(digest, "big"))
+
+
+def _draws(rng, purpose: str, item: Hashable) -> np.random.Generator:
+    return rng.generator(purpose, item) if isinstance(rng, KeyedRandomness) else rng
+
+
 def bound_contributions(
     users_by_cell: Mapping[str, set | frozenset],
     max_cells_per_user: int,
@@ -139,7 +165,7 @@ def bound_contributions(
     for user in sorted(cells_by_user, key=_sort_key):
         cells = cells_by_user[user]
         if len(cells) > max_cells_per_user:
-            picks = rng.choice(len(cells), size=max_cells_per_user, replace=False)
+            picks = _draws(rng, "bound", user).choice(len(cells), size=max_cells_per_user, replace=False)
             cells = [cells[i] for i in sorted(picks)]
         for cell in cells:
             kept[cell].add(user)
@@ -187,7 +213,7 @@ def publish_noisy_cells(
     threshold = k if domain is not None else max(k, publication_threshold(params))
     rows = []
     for cell in cells:
-        noisy = noisy_count(len(bounded.get(cell, ())), params.epsilon, params.sensitivity, rng)
+        noisy = noisy_count(len(bounded.get(cell, ())), params.epsilon, params.sensitivity, _draws(rng, "noise", cell))
         if noisy >= threshold:
             rows.append(CellCount(cell, h3.get_resolution(cell), noisy))
     return rows

@@ -6,7 +6,7 @@ pings. This replays that city's pings, with no Kafka, the way the worker's stage
 
   ingest   `route_many` on --batch pings at a time (one input batch), each routed fix sent to
            partition crc32(key) % --partitions, as the ingest stage does;
-  detect   per partition, one CellDetector and one local PairCooldown; `add_many` on the fixes of
+  detect   per partition, one CellDetector and one local GroupBests (pre-filter); `add_many` on the fixes of
            --per-call input batches at a time (the records one fetch brings), evict every 5,000
            fixes, as the detect stage does.
 
@@ -31,7 +31,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geo.crossings import CellDetector, CrossingParams, LateFix, PairCooldown, route_many  # noqa: E402
+from geo.crossings import CellDetector, CrossingParams, LateFix, route_many  # noqa: E402
+from geo.crossings.crowd import GroupBests  # noqa: E402
 from schemas.timefmt import parse_ts  # noqa: E402
 from streams.tools.simulator import SimulationParams, simulate_city  # noqa: E402
 
@@ -83,7 +84,7 @@ def replay(calls: dict[int, list[tuple]], params: CrossingParams, partitions: in
     """CPU seconds in the detectors, fixes, candidate pairs passed on, late fixes."""
     seconds, fixes, candidates, late = 0.0, 0, 0, 0
     for q, part_calls in calls.items():
-        detector, local = CellDetector(params, sources=range(partitions)), PairCooldown(params)
+        detector, local = CellDetector(params, sources=range(partitions)), GroupBests(params)
         since_evict = 0
         for users, ts, lat, lon, acc, homes, keys, sources in part_calls:
             t0 = time.process_time()
@@ -92,7 +93,7 @@ def replay(calls: dict[int, list[tuple]], params: CrossingParams, partitions: in
             if since_evict >= EVICT_EVERY:
                 since_evict = 0
                 detector.evict()
-                local.expire(detector.watermark - params.cooldown_s)
+                local.close(detector.watermark)
             seconds += time.process_time() - t0
             fixes += len(users)
             for result in results:

@@ -33,6 +33,7 @@ from geo.crossings.cooldown import PairCooldown
 from geo.crossings.model import CrossingParams, cooldown_period, crowd_slice, slice_end, slice_s, supersedes  # noqa: F401 (re-exported)
 
 Unit = tuple[str, int]  # (partition key, slice)
+_EXPIRE_EVERY_S = 60.0  # event time between two scans of the closed pre-filter for pairs a period old
 GroupKey = tuple[str, str, str, int, int, float]  # (user_a, user_b, key, slice lo, slice hi, cooldown period)
 
 
@@ -132,14 +133,23 @@ class GroupBests:
         self._by_end: dict[int, list[GroupKey]] = {}  # hi slice -> groups (to close them)
         self.closed = PairCooldown(params)
         self.withdrawn: list[tuple[str, str, str, int]] = []
+        self._expired_at = -math.inf
 
     def offer(self, user_a: str, user_b: str, key: str, lo: int, hi: int, ts: float, distance_m: float) -> bool:
         """Whether the crossing of user_a < user_b at (ts, distance) in group (key, lo, hi) goes on (and remember it)."""
         cooldown_s = self.params.cooldown_s
+        if self.params.crowd_users <= 0:  # no crowd rule: nothing is ever withdrawn, every group is as good as closed
+            return self.closed.offer_pair(user_a, user_b, ts, distance_m)
         closed = self.closed.current(user_a, user_b)
         if closed is not None and not supersedes(ts, distance_m, None, None, closed, cooldown_s):
             return False
-        gk = (user_a, user_b, key, lo, hi, cooldown_period(ts, cooldown_s))
+        period = cooldown_period(ts, cooldown_s)
+        gk = (user_a, user_b, key, lo, hi, period)
+        if lo != hi:  # a group within one of its slices is withdrawn whenever this one is: if it is better, this never counts
+            for inner in ((user_a, user_b, key, lo, lo, period), (user_a, user_b, key, hi, hi, period)):
+                known = self._best.get(inner)
+                if known is not None and known <= (ts, distance_m):
+                    return known == (ts, distance_m)
         best = self._best.get(gk)
         if best is None:
             self._by_unit.setdefault((key, lo), []).append(gk)
@@ -173,7 +183,9 @@ class GroupBests:
                     closed += 1
                 for unit in ((gk[2], gk[3]), (gk[2], gk[4])):
                     self._by_unit.pop(unit, None)
-        self.closed.expire(watermark - self.params.cooldown_s)
+        if watermark - self._expired_at >= _EXPIRE_EVERY_S:  # a scan of every pair: not at every call
+            self._expired_at = watermark
+            self.closed.expire(watermark - self.params.cooldown_s)
         return closed
 
     def purge_user(self, user_id: str) -> None:

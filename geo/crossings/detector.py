@@ -255,6 +255,8 @@ class CellDetector:
                 for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit],
                                                                                  new_group[left[hit]], names)):
                     results[order[r]].append(crossing)
+        if cooldown is not None:
+            cooldown.close(self.watermark)  # groups whose slices are over now filter what comes next
         horizon = self.horizon
         for state, lo, hi in zip(states, new_lo, new_hi):
             state.extend(new[:, lo:hi], horizon)

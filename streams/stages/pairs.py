@@ -98,6 +98,7 @@ async def _report_one(p: int, state: PairPartition, record, out: "_Reports") -> 
             raise ValueError(f"crossing-pairs record with users {a!r}, {b!r} not in order")
         if wm is not None and q is not None:
             settled[q] = max(wm, settled.get(q, wm))
+        before = cooldown.current(a, b)
         if x is not None:
             outcome = cooldown.withdraw_unit(a, b, x[0], int(x[1]), clock)
         else:
@@ -109,12 +110,18 @@ async def _report_one(p: int, state: PairPartition, record, out: "_Reports") -> 
                     _publish(p, cooldown, out, a, b, (ts, d, place, band), now)
                 continue
             outcome = cooldown.offer_group(a, b, g[0], int(g[1]), int(g[2]), ts, d, place, band, q, clock)
-        if outcome.changed:
+        if outcome.changed and _shown(outcome.record) != _shown(before):
             _publish(p, cooldown, out, a, b, outcome.record, now)
-        elif outcome.touched and outcome.record is not None:
+        elif (outcome.changed or outcome.touched) and outcome.record is not None:  # saved, not shown again
             out.pair_reported(p, f"{p}|{pair_key(a, b)}", _table_value(cooldown, a, b, outcome.record))
     for q, wm in settled.items():
         cooldown.settle(q, wm)
+
+
+def _shown(record) -> tuple | None:
+    """What a participant's record shows of a pair's record (ts, place, band): the exact distance, which
+    orders ties, is not published, so a record differing only in it is not published again."""
+    return None if record is None else (record[0], record[2], record[3])
 
 
 def _table_value(cooldown: PairCooldown, a: str, b: str, record) -> list:

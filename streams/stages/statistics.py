@@ -11,10 +11,9 @@ and purge reports.
 """
 from __future__ import annotations
 
-import numpy as np
 import orjson
 
-from anonymizers.dp import publish_noisy_cells
+from anonymizers.dp import KeyedRandomness, publish_noisy_cells
 from anonymizers.kanon import publish_groups
 from anonymizers.regions import RegionCount, publish_regions
 from schemas.outputs import ConnectionStat, LocationStat
@@ -86,7 +85,8 @@ async def _publish_locations(p: int, window) -> None:
         domain = r.dp_cells.get(p, frozenset()) if r.dp_area is not None else None
         rows = [] if domain == frozenset() else [
             RegionCount(c.cell, c.cell, c.resolution, (c.cell,), c.users)
-            for c in publish_noisy_cells(window.members, r.dp, r.kanon.k, np.random.default_rng(), domain)]
+            for c in publish_noisy_cells(window.members, r.dp, r.kanon.k,
+                                          KeyedRandomness(r.secret, format_ts(window.start)), domain)]
     for row in rows:
         await partner_statistics.send(key=f"{format_ts(window.start)}|{row.region}".encode(), value=LocationStat(
             window_start=format_ts(window.start), window_end=format_ts(window.end), region=row.region,

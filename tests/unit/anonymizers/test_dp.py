@@ -124,3 +124,22 @@ def test_noisy_cells_at_a_fixed_coarser_resolution():
     assert rows == [CellCount(parent, 7, 21)]  # 20 + "shared", counted once
     with pytest.raises(ValueError, match="coarser than resolution=8"):
         publish_noisy_cells({parent: {"a"}}, DPParams(resolution=8), 10, np.random.default_rng(0))
+
+
+def test_keyed_randomness_makes_a_window_publish_the_same_noise_in_any_input_order():
+    """The worker draws noise from a keyed hash of (window, cell) and bounds from (window, user): a
+    replay, a restart or another arrival order of the same window publishes the same noisy counts."""
+    from anonymizers.dp import KeyedRandomness
+
+    rng = np.random.default_rng(5)
+    users_by_cell = {cell: {f"u{j}" for j in rng.choice(400, size=rng.integers(5, 60), replace=False)}
+                     for cell in CELLS}
+    params = DPParams(epsilon=1.0)
+    first = publish_noisy_cells(users_by_cell, params, 10, KeyedRandomness(b"s" * 32, "2026-12-02T10:00:00.000Z"))
+    shuffled = dict(reversed(list({c: set(reversed(sorted(u))) for c, u in users_by_cell.items()}.items())))
+    assert publish_noisy_cells(shuffled, params, 10, KeyedRandomness(b"s" * 32, "2026-12-02T10:00:00.000Z")) == first
+    other = [publish_noisy_cells(users_by_cell, params, 10, KeyedRandomness(b"s" * 32, f"w{i}")) for i in range(5)]
+    assert any(o != first for o in other)  # another window (or secret) draws other noise
+    keyed = KeyedRandomness(b"k" * 32, "w")
+    noise = np.array([noisy_count(100, 1.0, 1, keyed.generator("noise", i)) - 100 for i in range(20_000)])
+    assert abs(noise.mean()) < 0.05 and noise.var() == pytest.approx(2 * np.exp(-1) / (1 - np.exp(-1)) ** 2, rel=0.1)

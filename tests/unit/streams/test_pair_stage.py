@@ -126,3 +126,18 @@ def test_state_page_points_at_the_input_partition_holding_a_watermark_back(stage
     assert cells["slowest_input"] == 0 and cells["watermark"] == format_ts(7200.0 - crossing.lateness_s)
     assert summary["crossing-pairs"]["1"] == {"pairs": 1, "users_with_partners": 2, "withdrawal_guards": 0}
     assert not any(u in repr(summary) for u in ("zz-user-9", "aa-user-1", "bb-user-2"))  # no user data
+
+
+def test_a_pairs_groups_come_back_from_the_table_so_a_withdrawal_after_a_move_falls_back(stages):
+    """The crowd rule's groups are part of a pair's table value: a partition rebuilt from the table can
+    still withdraw one and show the pair's next best crossing."""
+    pairs, table = stages.pairs.pair_partitions, stages.app.pair_table
+    groups = [["k", 0, 0, 0.0, 100.0, 10.0, "p1", "<50m", 0], ["j", 1, 1, 0.0, 400.0, 5.0, "p2", "<50m", 1]]
+    table.data[f"2|{AB}"] = [100.0, 5 * H, "p1", "<50m", 10.0, groups]
+    _rebalance(stages, 2)
+    cooldown = pairs.get(2).cooldown
+    assert cooldown.current("a", "b") == (100.0, 10.0, "p1", "<50m")
+    out = cooldown.withdraw_unit("a", "b", "k", 0)
+    assert out.changed and out.record == (400.0, 5.0, "p2", "<50m")
+    assert stages.pairs._shown(out.record) == (400.0, "p2", "<50m")
+    assert stages.pairs._shown((400.0, 1.0, "p2", "<50m")) == stages.pairs._shown(out.record)  # d is not shown
