@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from geo.crossings.cooldown import PairCooldown
-from geo.crossings.model import CrossingParams, cooldown_period, crowd_slice, slice_end, slice_s, supersedes  # noqa: F401 (re-exported)
+from geo.crossings.model import Crossing, CrossingParams, cooldown_period, crowd_slice, slice_end, slice_s, supersedes  # noqa: F401 (re-exported)
 
 Unit = tuple[str, int]  # (partition key, slice)
 _EXPIRE_EVERY_S = 60.0  # event time between two scans of the closed pre-filter for pairs a period old
@@ -61,6 +61,7 @@ class CrowdCounts:
         self._people: dict[Unit, dict[str, None]] = {}
         self._crowds: set[Unit] = set()
         self._erased = 0
+        self._recent: dict[str, int] = {}  # key -> its latest slice that was a crowd
 
     def note(self, keys: Sequence[str], slices: Sequence[int], users: Sequence[str]) -> list[Unit]:
         """Count routed pings (key, slice, user); returns the units that became crowds, in order."""
@@ -80,10 +81,17 @@ class CrowdCounts:
                 del people[unit]
                 crowds.add(unit)
                 became.append(unit)
+                if s > self._recent.get(key, s - 1):
+                    self._recent[key] = s
         return became
 
     def is_crowd(self, key: str, s: int) -> bool:
         return (key, s) in self._crowds
+
+    def suspect(self, key: str, s: int) -> bool:
+        """Whether the key was a crowd in slice s - 1 (or later): a crowd goes on, so its next slice's
+        crossings are held back until that slice is decided (GroupBests.hold) rather than sent and withdrawn."""
+        return self._recent.get(key, s - 2) >= s - 1
 
     def crowds(self) -> set[Unit]:
         """The live units that are crowds."""
@@ -97,6 +105,8 @@ class CrowdCounts:
         for u in old:
             del self._people[u]
         self._crowds.difference_update(old_crowds)
+        for key in [k for k, s in self._recent.items() if slice_end(s + 1, end) <= watermark]:
+            del self._recent[key]
         return len(old) + len(old_crowds)
 
     def forget_user(self, user_id: str) -> None:
@@ -134,6 +144,8 @@ class GroupBests:
         self.closed = PairCooldown(params)
         self.withdrawn: list[tuple[str, str, str, int]] = []
         self._expired_at = -math.inf
+        self._held: dict[int, list[Crossing]] = {}  # hi slice -> crossings held back (hold)
+        self.released: list[Crossing] = []
 
     def offer(self, user_a: str, user_b: str, key: str, lo: int, hi: int, ts: float, distance_m: float) -> bool:
         """Whether the crossing of user_a < user_b at (ts, distance) in group (key, lo, hi) goes on (and remember it)."""
@@ -163,8 +175,20 @@ class GroupBests:
         self._best[gk] = (ts, distance_m)
         return True
 
+    def hold(self, crossing: Crossing) -> None:
+        """Keep back a crossing of a unit that may become a crowd again (CrowdCounts.suspect) until its
+        slices are over (`close` moves it to `released`); dropped if one of its units becomes a crowd."""
+        self._held.setdefault(crossing.group[2], []).append(crossing)
+
+    def held(self) -> int:
+        return sum(len(v) for v in self._held.values())
+
     def withdraw_unit(self, key: str, s: int) -> int:
-        """Unit (key, s) became a crowd: drop its groups; (a, b, key, s) per pair goes to `withdrawn`."""
+        """Unit (key, s) became a crowd: drop its groups and held crossings; (a, b, key, s) per pair goes to `withdrawn`."""
+        for hi in (s, s + 1):  # a held crossing's slices are hi - 1 and hi at most (slices >= the window)
+            kept = [c for c in self._held.get(hi, ()) if not (c.group[0] == key and s in c.group[1:])]
+            if hi in self._held:
+                self._held[hi] = kept
         pairs: dict[tuple[str, str], None] = {}
         for gk in self._by_unit.pop((key, s), ()):
             if self._best.pop(gk, None) is not None:
@@ -175,6 +199,8 @@ class GroupBests:
     def close(self, watermark: float) -> int:
         """Groups whose slices ended at or before `watermark` are final: their best goes to `closed`."""
         closed = 0
+        for hi in [h for h in self._held if slice_end(h, self.params) <= watermark]:
+            self.released.extend(self._held.pop(hi))
         for hi in [h for h in self._by_end if slice_end(h, self.params) <= watermark]:
             for gk in self._by_end.pop(hi):
                 best = self._best.pop(gk, None)
@@ -192,6 +218,9 @@ class GroupBests:
         """Forget every group of a user (erasure, withdrawal)."""
         for gk in [gk for gk in self._best if user_id in gk[:2]]:
             del self._best[gk]
+        for hi, crossings in self._held.items():
+            self._held[hi] = [c for c in crossings if user_id not in (c.user_a, c.user_b)]
+        self.released = [c for c in self.released if user_id not in (c.user_a, c.user_b)]
         self.closed.purge_user(user_id)
 
     def __len__(self) -> int:

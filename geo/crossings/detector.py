@@ -148,6 +148,9 @@ class CellDetector:
         live pings are dropped and `cooldown.withdraw_unit` withdraws the crossings sent from it.
         So a batch acts as if its fixes had all been counted before any was matched: the results
         differ from add() one by one only by crossings that add() would have sent and then withdrawn.
+        Where the key was a crowd in the previous slice (CrowdCounts.suspect), crossings are held
+        back in `cooldown` (GroupBests.hold) and come out of its `released` once their slices are over,
+        rather than sent and withdrawn again as a crowd that goes on fills its next slice.
 
         With a cooldown (GroupBests), result i keeps only the crossings that may still be a pair's
         final record (`_offered`): per pair group, the batch's best match if it is better than what
@@ -251,10 +254,14 @@ class CellDetector:
             new_group = np.repeat(np.arange(n_groups), [len(g) for g in groups.values()])
             if hit.size and cooldown is not None:
                 hit = hit[self._offered(a[:, hit], b[:, hit], d[hit], new_group[left[hit]], names, cooldown)]
+            suspect = self.crowd.suspect
             if hit.size:
                 for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit],
                                                                                  new_group[left[hit]], names)):
-                    results[order[r]].append(crossing)
+                    if cooldown is not None and (suspect(*crossing.group[:2]) or suspect(crossing.group[0], crossing.group[2])):
+                        cooldown.hold(crossing)  # where a crowd just was: sent once its slices are decided
+                    else:
+                        results[order[r]].append(crossing)
         if cooldown is not None:
             cooldown.close(self.watermark)  # groups whose slices are over now filter what comes next
         horizon = self.horizon

@@ -182,6 +182,12 @@ async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bo
         out.add(crossing_pairs, pair_key(a, b), None, a=a, b=b, ts=None, d=None, place=None, band=None, cva=None,
                 cvb=None, g=None, x=[key, s], q=p, wm=wm)
     local.withdrawn.clear()
+    # Crossings held back where a crowd just was, now that their slices are over (GroupBests.hold).
+    for c in local.released:
+        out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, d=c.distance_m, place=c.place,
+                band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0),
+                g=list(c.group), x=None, q=p, wm=wm)
+    local.released.clear()
     for i, result in enumerate(results):
         if isinstance(result, LateFix):
             if emit and homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to

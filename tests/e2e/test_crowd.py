@@ -75,6 +75,13 @@ def test_a_crowd_through_two_workers_gives_the_batchs_records(pipeline_settings)
     border = crowd_pings(t0 + 90, people=60, minutes=10, center=(lat0 + 0.02, lon0 - 0.03), seed=2)
     border["user_id"] = border["user_id"].str.replace("fan", "edge")
     df = pd.concat([city, crowd, border]).sort_values("ts", kind="stable").reset_index(drop=True)
+    df["ts"] -= 1200  # room before now for the watermark markers below
+    # The end of the input: one ping per input partition, far away, late enough for every detector's
+    # watermark to pass the last slice (crossings held back where a crowd just was are then sent).
+    end = float(df["ts"].max()) + 2 * params.window_s + params.lateness_s + 60
+    markers = pd.DataFrame([(f"end-marker-{p}", end, 0.5 * p, 0.5, 5.0) for p in range(s.partitions)],
+                           columns=df.columns)
+    df = pd.concat([df, markers]).reset_index(drop=True)
     df["ts"] = (df["ts"] * 1000).round() / 1000  # what goes over the wire: epoch milliseconds
 
     latest = latest_per_pair(detect_crossings(df, params))
@@ -91,9 +98,16 @@ def test_a_crowd_through_two_workers_gives_the_batchs_records(pipeline_settings)
         sampler.start()
         prod = producer(s)
         for row in df.itertuples():
-            send_json(prod, s.topic("geo-pings"), row.user_id, {
-                "user_id": row.user_id, "ts": int(round(row.ts * 1000)), "lat": row.lat, "lon": row.lon,
-                "accuracy_m": row.accuracy_m})
+            doc = {"user_id": row.user_id, "ts": int(round(row.ts * 1000)), "lat": row.lat, "lon": row.lon,
+                   "accuracy_m": row.accuracy_m}
+            if row.user_id.startswith("end-marker-"):  # one to each partition, after everything else
+                continue
+            send_json(prod, s.topic("geo-pings"), row.user_id, doc)
+        prod.flush()
+        for row in df[df["user_id"].str.startswith("end-marker-")].itertuples():
+            prod.send(s.topic("geo-pings"), key=row.user_id.encode(), partition=int(row.user_id.rsplit("-", 1)[1]),
+                      value=json.dumps({"user_id": row.user_id, "ts": int(round(row.ts * 1000)), "lat": row.lat,
+                                        "lon": row.lon, "accuracy_m": row.accuracy_m}).encode())
         prod.flush()
         wait_received(s, {"geo-pings": len(df)}, timeout_s=240)
         want = {}
@@ -120,5 +134,5 @@ def test_a_crowd_through_two_workers_gives_the_batchs_records(pipeline_settings)
     for user in fans:  # no fan is told about another fan
         assert not any(k.startswith(f"{user}|".encode()) and k.split(b"|", 1)[1].decode() in fans for k in shown)
     assert peaks and max(peaks.values()) < MEMORY_BOUND_KB, peaks
-    print(f"crowd e2e: {len(df)} pings, {len(latest)} pairs, {tombstones} withdrawals as tombstones, "
+    print(f"crowd e2e: {len(df)} pings, {len(latest)} pairs, {tombstones} withdrawals as tombstones, {len(records)} records, "
           f"peak worker RSS {max(peaks.values()) / 1024:.0f} MiB")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -135,12 +136,17 @@ def stream_records(df: pd.DataFrame, params: CrossingParams, zones, n_partitions
             for w in bests[q].withdrawn:
                 queues[q].append(("w", *w))
             bests[q].withdrawn.clear()
+            queues[q].extend(("c", c) for c in bests[q].released)
+            bests[q].released.clear()
             for result in out:
                 assert not isinstance(result, LateFix)
                 queues[q].extend(("c", c) for c in result)
             queues[q].append(("s", detectors[q].watermark))
             if rng.random() < 0.3:
                 bests[q].close(detectors[q].watermark)
+    for q in range(n_partitions):  # the end of the input: every slice is over
+        bests[q].close(math.inf)
+        queues[q].extend(("c", c) for c in bests[q].released)
     pairs = PairCooldown(params)
     while any(queues):
         q = rng.choice([i for i, m in enumerate(queues) if m])
@@ -238,3 +244,25 @@ def test_pair_stage_record_falls_back_when_its_group_is_withdrawn_and_prunes_fin
     stage.offer_group("a", "c", "k", 13, 13, 3950.0, 1.0, "p", "<50m", 0)
     assert [g[1] for g in stage.groups_of("a", "c")] == [12]  # the later, worse one of the same period too
     assert stage.current("a", "c")[0] == 3700.0
+
+
+def test_where_a_crowd_just_was_crossings_wait_for_their_slice_instead_of_being_withdrawn():
+    """A crowd in slice 0 at a key: in slice 1 the first people there are held back (not sent, so not
+    withdrawn) until slice 1 is over; if it stays quiet they are sent then, if it fills up they are dropped."""
+    params = CrossingParams(crowd_users=3, lateness_s=0.0)
+    det, bests = CellDetector(params), GroupBests(params)
+    key = "k"
+
+    def add(users, t):
+        return det.add_many(users, [t] * len(users), [LAT0 + 1e-5 * i for i in range(len(users))], [LON0] * len(users),
+                            [None] * len(users), [key] * len(users), [key] * len(users), cooldown=bests)
+
+    add(["a", "b", "c", "d"], 10.0)  # 4 people > 3: slice 0 is a crowd
+    assert det.crowd.is_crowd(key, 0) and det.crowd.suspect(key, 1)
+    got = add(["x", "y"], 310.0)  # slice 1: two people cross, next to where the crowd was
+    assert got == [[], []] and bests.held() == 1 and not bests.released
+    add(["z"], 700.0)  # slice 2 starts: slice 1 is over (no lateness), it never became a crowd
+    assert [(c.user_a, c.user_b) for c in bests.released] == [("x", "y")] and bests.held() == 0
+    bests.released.clear()
+    add(["p", "q"], 910.0)  # slice 3 follows a quiet slice 2: sent at once
+    assert not det.crowd.suspect(key, 3) and bests.held() == 0
