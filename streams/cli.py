@@ -359,16 +359,20 @@ def crossings_verify(quiet: bool) -> None:
 @crossings.command("detect")
 @click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path), required=True,
               help="Pings as .csv or .parquet with columns user_id, ts, lat, lon[, accuracy_m].")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Crossings CSV.")
+@click.option("--output", type=click.Path(path_type=Path), required=True,
+              help="Crossings file: Parquet if the name ends in .parquet, else CSV (ts as RFC 3339 UTC text in both).")
 @click.option("--rejects", "rejects_path", type=click.Path(path_type=Path), default=None,
               help="CSV of the rows the stream would refuse: row (1 = first data row), field, value, reason, "
                    "message. Default: <output stem>.rejects.csv beside the output.")
 @click.option("--distance-m", type=float, default=None, help="D (default from settings: 250).")
 @click.option("--window-s", type=float, default=None, help="T (default from settings: 300).")
 @click.option("--zones", type=click.Path(exists=True, path_type=Path), default=None, help="Sensitive zones GeoJSON.")
+@click.option("--chunk-s", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
+              help="Search the pings in time chunks of this many seconds (rounded up to whole crowd slices of T): memory "
+                   "holds one chunk's matches; the output is the same for any chunk.")
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none either when stderr is not a terminal).")
 def crossings_detect(input_path: Path, output: Path, rejects_path: Path | None, distance_m: float | None,
-                     window_s: float | None, zones: Path | None, quiet: bool) -> None:
+                     window_s: float | None, zones: Path | None, chunk_s: float, quiet: bool) -> None:
     """Run the crossing detector on a file (backfills, audits): one output row per reported crossing.
 
     Each row is checked as the stream checks a ping; refused rows go to the rejects file, the others
@@ -396,7 +400,7 @@ def crossings_detect(input_path: Path, output: Path, rejects_path: Path | None, 
     started = time.perf_counter()
     try:
         with ProgressBars(quiet) as bars:
-            run = detect_crossings_file(input_path, output, params, zone_set, rejects_path, progress=bars)
+            run = detect_crossings_file(input_path, output, params, zone_set, rejects_path, progress=bars, chunk_s=chunk_s)
     except (UnusableFile, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{run.summary(output)} in {time.perf_counter() - started:.1f} s")

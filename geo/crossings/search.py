@@ -5,12 +5,17 @@ as any within-D pair touching the band needs (or one whole-ring cell near the po
 looks at its own cell (later pings only), the next cell east and three cells of the band above,
 within a time window. The final test is always model._match, shared with the streaming detector;
 geo.oracle.brute_force_pairs holds both to the definition.
+
+`detect_crossings_chunked` gives the same rows one time chunk at a time, for files of any size or
+density: memory then holds one chunk's matches (and, in a crowd, not even those: the crowd rule
+drops a crowd's pings before the pairwise search).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import h3
@@ -18,12 +23,18 @@ import numpy as np
 import pandas as pd
 
 from geo.crossings.model import (_DEG, _MARGIN, CrossingParams, _expand, _match, _outside_zones, cooldown_period,
-                                 crowd_slice, distance_bands, is_usable)
+                                 crowd_slice, distance_bands, is_usable, slice_s)
 from geo.distance import EARTH_RADIUS_M, cos_lat, midpoint
 from geo.zones import SensitiveZones
 from schemas.timefmt import parse_ts_column
 
 Progress = Callable[[int, int], None]  # (pings searched so far, pings in all), after each chunk of the search
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """np.unique(values) for int64 keys by one sort (numpy 2's hash-based np.unique took ~40x longer on 1.6M keys)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if values.size else values
 
 
 def _validate_coords(lat, lon, ts) -> None:
@@ -107,9 +118,14 @@ def _prepare(fixes: pd.DataFrame, params: CrossingParams, zones: SensitiveZones 
     if zones:
         keep &= ~zones.contains(lat, lon)
     uid = fixes["user_id"]
-    if not (pd.api.types.is_string_dtype(uid) or pd.api.types.is_object_dtype(uid)):
-        uid = uid.astype(str)
-    codes, names = pd.factorize(uid, sort=True)
+    if isinstance(uid.dtype, pd.CategoricalDtype) and uid.cat.categories.astype(str).is_unique:
+        # A file's reader keeps each user id once (4 bytes a row): rank the categories, not the rows.
+        names, rank = np.unique(np.asarray(uid.cat.categories.astype(str), dtype=object), return_inverse=True)
+        codes = np.where(uid.cat.codes.to_numpy() < 0, -1, rank.reshape(-1)[uid.cat.codes.to_numpy()])
+    else:
+        if not (pd.api.types.is_string_dtype(uid) or pd.api.types.is_object_dtype(uid)):
+            uid = uid.astype(str)
+        codes, names = pd.factorize(uid, sort=True)
     if (codes < 0).any():
         raise ValueError(f"user_id is missing in row {int(np.flatnonzero(codes < 0)[0])}")
     names = np.asarray(names, dtype=object)
@@ -201,7 +217,7 @@ def _matching_pairs(pings: _Pings, params: CrossingParams, chunk: int = 1 << 17,
 
     else:
         # Very wide extents: number the occupied cells densely instead.
-        uniq = np.unique(band * grid.nmax + k)
+        uniq = _distinct(band * grid.nmax + k)
         n_cells = len(uniq)
 
         def number(b, kk):
@@ -269,7 +285,7 @@ class _Crowds:
                              "split the input by time")
         rel = slices - self.s0
         unit = key * self.span + rel[routes.fix]
-        person = np.unique(unit * len(pings.names) + pings.user[routes.fix])
+        person = _distinct(unit * len(pings.names) + pings.user[routes.fix])
         units, people = np.unique(person // len(pings.names), return_counts=True)
         self.crowds = units[people > params.crowd_users]  # sorted
         in_crowd = self._is_crowd(unit)
@@ -305,35 +321,144 @@ class _Crowds:
         return i[ok], j[ok], d[ok]
 
 
-def _earliest_per_period(pair: np.ndarray, period: np.ndarray, ts: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Indices of each (pair, period)'s first crossings by (ts, distance): all those tied with the first."""
-    if len(pair) == 0:
-        return np.empty(0, np.int64)
-    order = np.lexsort((d, ts, period, pair))
-    p, q, t, dd = pair[order], period[order], ts[order], d[order]
-    new_group = np.r_[True, (p[1:] != p[:-1]) | (q[1:] != q[:-1])]
+# --------------------------------------------------------------------------- per pair and period
+
+
+def _group_codes(pair: np.ndarray, period_rank: np.ndarray) -> np.ndarray:
+    """One int64 per (pair, period), equal exactly for equal (pair, period)."""
+    span = int(period_rank.max()) + 1 if period_rank.size else 1
+    if int(pair.max(initial=0)) < (2**62) // span:
+        return pair * span + period_rank
+    order = np.lexsort((period_rank, pair))  # too many for one int64: number the groups in order
+    p, q = pair[order], period_rank[order]
+    codes = np.empty(len(pair), dtype=np.int64)
+    codes[order] = np.cumsum(np.r_[True, (p[1:] != p[:-1]) | (q[1:] != q[:-1])]) - 1
+    return codes
+
+
+def _earliest_per_period(group: np.ndarray, ts_rank: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's first matches by (ts, distance): (the only ones of their group, the others grouped by group).
+
+    Most groups (pair, period) have one match: one sort of int64 keys finds them; only the rest is
+    sorted by (group, ts, distance), and all those tied with their group's first are kept.
+    """
+    if len(group) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(group)
+    g = group[order]
+    new = np.r_[True, g[1:] != g[:-1]]
+    alone = new & np.r_[new[1:], True]
+    several = order[~alone]
+    if several.size == 0:
+        return order, several
+    sub = several[np.lexsort((d[several], ts_rank[several], group[several]))]
+    g, t, dd = group[sub], ts_rank[sub], d[sub]
+    new_group = np.r_[True, g[1:] != g[:-1]]
     first = np.flatnonzero(new_group)[np.cumsum(new_group) - 1]
-    return order[(t == t[first]) & (dd == dd[first])]
+    return order[alone], sub[(t == t[first]) & (dd == dd[first])]
 
 
-def _break_ties(pair: np.ndarray, period: np.ndarray, place: np.ndarray, band: np.ndarray) -> np.ndarray:
-    """Positions keeping one row per (pair, period): the smallest (place, band), model.supersedes' last keys."""
-    if len(pair) == 0:
-        return np.empty(0, np.int64)
-    place_rank = np.unique(place.astype(str), return_inverse=True)[1].reshape(-1)
-    band_rank = np.unique(band.astype(str), return_inverse=True)[1].reshape(-1)
-    order = np.lexsort((band_rank, place_rank, period, pair))
-    p, q = pair[order], period[order]
-    return np.sort(order[np.r_[True, (p[1:] != p[:-1]) | (q[1:] != q[:-1])]])
+def _break_ties(group: np.ndarray, place: np.ndarray) -> np.ndarray:
+    """Positions keeping one row per group of rows tied on (ts, distance), grouped by group: the smallest place.
+
+    model.supersedes' last keys are (place, band); a band is a function of the distance, so rows
+    tied on distance have one band and the place decides. `place` holds H3 cell ints: every cell's
+    string is its 15 hex digits, so the ints and the strings sort alike.
+    """
+    order = np.lexsort((place, group))
+    g = group[order]
+    return order[np.r_[True, g[1:] != g[:-1]]] if len(g) else order
 
 
-def _places(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
-    """H3 cells (strings) of many points."""
-    from h3.api import basic_int
+try:  # the compiled function behind h3.api.basic_int.latlng_to_cell, without its Python wrapper (~40 % of a call)
+    from h3._cy import latlng_to_cell as _h3_cell
+except ImportError:  # pragma: no cover - another h3 layout
+    from h3.api.basic_int import latlng_to_cell as _h3_cell
 
-    cells = np.fromiter(map(basic_int.latlng_to_cell, lat.tolist(), lon.tolist(), [resolution] * len(lat)), dtype=np.uint64, count=len(lat))
-    uniq, inv = np.unique(cells, return_inverse=True)
-    return np.asarray([h3.int_to_str(int(c)) for c in uniq], dtype=object)[inv.reshape(-1)]
+
+def _place_cells(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
+    """H3 cells (uint64) of many points: what model.place_of names, as ints."""
+    n = len(lat)
+    return np.fromiter(map(_h3_cell, lat.tolist(), lon.tolist(), itertools.repeat(resolution, n)), dtype=np.uint64, count=n)
+
+
+_STR = pd.Series(["x"]).dtype  # the dtype pandas gives a column of str (arrow-backed "str" from pandas 3 on)
+
+
+def _text_column(values: np.ndarray, codes: np.ndarray):
+    """values[codes] (values: str objects) as the column pandas would build from them, without a str object per row."""
+    if len(codes) and isinstance(_STR, pd.StringDtype) and _STR.storage == "pyarrow":
+        import pyarrow as pa
+
+        return pd.array(pa.array(values.tolist(), pa.large_string()).take(pa.array(codes)), dtype=_STR)
+    return values[codes]
+
+
+@dataclass(frozen=True)
+class _Reported:
+    """detect_crossings' rows, with each row's pair code (user codes a * n + b) and cooldown period."""
+
+    frame: pd.DataFrame
+    pair: np.ndarray
+    period: np.ndarray
+
+
+def _report(pings: _Pings, params: CrossingParams, zones: SensitiveZones | None, progress: Progress | None = None,
+            own_from: int = 0) -> _Reported:
+    """The reported crossings of prepared pings; with own_from > 0 (pings sorted by time), only those whose
+    later ping is at index >= own_from (the others are a chunk's context)."""
+    i, j, d = _Crowds.matching_pairs(pings, params, progress=progress)
+    if own_from > 0:
+        own = np.maximum(i, j) >= own_from
+        i, j, d = i[own], j[own], d[own]
+    mid = None
+    if zones and i.size:
+        mlat, mlon, ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)
+        i, j, d, mid = i[ok], j[ok], d[ok], (mlat[ok], mlon[ok])
+    n_names = np.int64(len(pings.names))
+    ui, uj = pings.user[i], pings.user[j]
+    pair = np.minimum(ui, uj) * n_names + np.maximum(ui, uj)
+    ts_values, ping_rank = np.unique(pings.ts, return_inverse=True)  # equal times, equal ranks
+    ts_rank = np.maximum(ping_rank[i], ping_rank[j])
+    cts = ts_values[ts_rank]  # the later ping's time
+    period = cooldown_period(cts, params.cooldown_s)
+    if params.cooldown_s == 0:  # every distinct time is its own period
+        period_rank = ts_rank
+    elif period.size and np.isfinite(period).all() and float(period.max() - period.min()) < 2**53:
+        period_rank = (period - period.min()).astype(np.int64)
+    else:
+        period_rank = np.unique(period, return_inverse=True)[1].reshape(-1)
+    group = _group_codes(pair, period_rank)
+    alone, tied = _earliest_per_period(group, ts_rank, d)
+    sel = np.concatenate([alone, tied])
+    if mid is None:
+        mlat, mlon = midpoint(pings.lat[i[sel]], pings.lon[i[sel]], pings.lat[j[sel]], pings.lon[j[sel]])
+    else:  # the zones' test computed them already
+        mlat, mlon = mid[0][sel], mid[1][sel]
+    cells = _place_cells(np.atleast_1d(mlat), np.atleast_1d(mlon), params.place_resolution)
+    keep = np.concatenate([np.arange(alone.size), alone.size + _break_ties(group[tied], cells[alone.size:])])
+    sel, cells = sel[keep], cells[keep]
+    # rows in (ts, user_a, user_b) order; pair codes sort as (user_a, user_b)
+    pair, ts_rank = pair[sel], ts_rank[sel]
+    if ts_values.size * int(n_names) ** 2 < 2**62:
+        out = np.argsort(ts_rank * (n_names * n_names) + pair)  # unique keys: one int64 sort
+    else:
+        out = np.lexsort((pair, ts_rank))
+    sel, cells, pair = sel[out], cells[out], pair[out]
+    a, b = np.divmod(pair, n_names)
+    place_codes, place_values = pd.factorize(cells)
+    bands = distance_bands(d[sel], params)
+    band_codes, band_values = pd.factorize(bands)
+    frame = pd.DataFrame(
+        {
+            "user_a": _text_column(pings.names, a),
+            "user_b": _text_column(pings.names, b),
+            "ts": cts[sel],
+            "place": _text_column(np.asarray([h3.int_to_str(int(c)) for c in place_values], dtype=object), place_codes),
+            "distance_band": _text_column(np.asarray(band_values, dtype=object), band_codes),
+        }
+    )
+    return _Reported(frame, pair, period[sel])
 
 
 def detect_crossings(
@@ -345,33 +470,77 @@ def detect_crossings(
 
     `progress(searched, total)`, if given, is called as the search goes through the usable pings.
     """
+    return _report(_prepare(fixes, params, zones), params, zones, progress).frame
+
+
+# --------------------------------------------------------------------------- in time chunks
+
+
+def detect_crossings_chunked(
+    fixes: pd.DataFrame, params: CrossingParams = CrossingParams(), zones: SensitiveZones | None = None,
+    chunk_s: float = 3600.0, progress: Progress | None = None,
+) -> Iterator[pd.DataFrame]:
+    """detect_crossings' rows, one frame per time chunk of about chunk_s that has any, in order: their
+    concatenation is detect_crossings(fixes), and the search holds one chunk's matches at a time instead of the whole frame's.
+
+    Chunks are whole crowd slices (crowd.slice_s, aligned on the epoch); each is searched with the
+    pings of the window_s before it, extended to whole slices, so that every crowd unit it looks at is
+    counted in full; a chunk keeps the crossings whose later ping is its own. A cooldown period cut by
+    a chunk boundary keeps its earliest crossing, which is in the first chunk that has one (the rows
+    already reported in the open period are carried to the next chunk). Input order does not matter.
+    `progress(done, total)` counts usable pings.
+    """
+    if not chunk_s > 0:
+        raise ValueError(f"chunk_s={chunk_s!r} must be > 0")
     pings = _prepare(fixes, params, zones)
-    i, j, d = _Crowds.matching_pairs(pings, params, progress=progress)
-    if zones and i.size:
-        _, _, ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)
-        i, j, d = i[ok], j[ok], d[ok]
-    ui, uj = pings.user[i], pings.user[j]
-    a, b = np.minimum(ui, uj), np.maximum(ui, uj)
-    cts = np.maximum(pings.ts[i], pings.ts[j])
-    pair = a * len(pings.names) + b
-    period = cooldown_period(cts, params.cooldown_s)
-    sel = _earliest_per_period(pair, period, cts, d)
-    mlat, mlon = midpoint(pings.lat[i[sel]], pings.lon[i[sel]], pings.lat[j[sel]], pings.lon[j[sel]])
-    places = _places(np.atleast_1d(mlat), np.atleast_1d(mlon), params.place_resolution)
-    bands = distance_bands(d[sel], params)
-    keep = _break_ties(pair[sel], period[sel], places, bands)
-    sel, places, bands = sel[keep], places[keep], bands[keep]
-    out = np.lexsort((b[sel], a[sel], cts[sel]))
-    sel, places, bands = sel[out], places[out], bands[out]
-    return pd.DataFrame(
-        {
-            "user_a": pings.names[a[sel]],
-            "user_b": pings.names[b[sel]],
-            "ts": cts[sel],
-            "place": places,
-            "distance_band": bands,
-        }
-    )
+    if len(pings.ts) and np.any(pings.ts[1:] < pings.ts[:-1]):
+        order = np.argsort(pings.ts, kind="stable")
+        pings = _Pings(pings.ts[order], pings.lat[order], pings.lon[order], pings.user[order], pings.names)
+    return _chunked(pings, params, zones, chunk_s, progress)
+
+
+def _chunked(pings: _Pings, params: CrossingParams, zones: SensitiveZones | None, chunk_s: float,
+             progress: Progress | None) -> Iterator[pd.DataFrame]:
+    n = len(pings.ts)
+    if n == 0:
+        yield _report(pings, params, zones).frame
+        return
+    ts = pings.ts
+    slices = crowd_slice(ts, params)  # non-decreasing, as ts
+    per_chunk = max(1, math.ceil(chunk_s / slice_s(params)))
+    chunk = np.floor_divide(slices, per_chunk)
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+    ends = np.r_[starts[1:], n]
+    # Partners of a chunk's first ping are at most window_s older; the margin covers the rounding of
+    # ts - window_s (the exact test is |ts_p - ts_q| <= window_s): a few ulps; more context costs only time.
+    margin = 8 * float(np.spacing(max(1.0, float(np.abs(ts).max()), params.window_s)))
+    open_period, reported = None, np.empty(0, np.int64)  # pairs reported in the latest period so far
+    yielded = False
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        first = int(np.searchsorted(ts, ts[lo] - params.window_s - margin, side="left"))
+        first = int(np.searchsorted(slices, slices[first], side="left"))  # whole slices
+        part = _Pings(ts[first:hi], pings.lat[first:hi], pings.lon[first:hi], pings.user[first:hi], pings.names)
+        inner = None
+        if progress is not None:
+            inner = (lambda done, total, lo=lo, hi=hi: progress(lo + (hi - lo) * done // max(1, total), n))
+        rows = _report(part, params, zones, inner, own_from=lo - first)
+        frame, pair, period = rows.frame, rows.pair, rows.period
+        if open_period is not None and len(frame):
+            again = (period == open_period) & np.isin(pair, reported)
+            if again.any():
+                frame, pair, period = frame[~again].reset_index(drop=True), pair[~again], period[~again]
+        if len(frame):
+            last = period[-1]  # rows are in time order: the latest period, the only one the next chunk can share
+            latest = pair[period == last]
+            reported = _distinct(np.concatenate([reported, latest]) if last == open_period else latest)
+            open_period = last
+        if progress is not None:
+            progress(hi, n)
+        if len(frame):
+            yielded = True
+            yield frame
+    if not yielded:  # one frame in all, as detect_crossings' empty one
+        yield frame
 
 
 def latest_per_pair(crossings: pd.DataFrame) -> pd.DataFrame:
@@ -401,7 +570,7 @@ def detect_pairs(
         ok = _outside_zones(pings.lat[i], pings.lon[i], pings.lat[j], pings.lon[j], zones)[2]
         i, j = i[ok], j[ok]
     ui, uj = pings.user[i], pings.user[j]
-    codes = np.unique(np.minimum(ui, uj) * np.int64(len(pings.names)) + np.maximum(ui, uj))
+    codes = _distinct(np.minimum(ui, uj) * np.int64(len(pings.names)) + np.maximum(ui, uj))
     a, b = np.divmod(codes, np.int64(len(pings.names)))
     return set(zip(pings.names[a].tolist(), pings.names[b].tolist()))
 
