@@ -145,6 +145,7 @@ class GroupBests:
         self.withdrawn: list[tuple[str, str, str, int]] = []
         self._expired_at = -math.inf
         self._held: dict[int, list[Crossing]] = {}  # hi slice -> crossings held back (hold)
+        self._sent: set[GroupKey] = set()  # groups with a crossing sent (not only held): a withdrawal concerns them
         self.released: list[Crossing] = []
 
     def offer(self, user_a: str, user_b: str, key: str, lo: int, hi: int, ts: float, distance_m: float) -> bool:
@@ -180,6 +181,12 @@ class GroupBests:
         slices are over (`close` moves it to `released`); dropped if one of its units becomes a crowd."""
         self._held.setdefault(crossing.group[2], []).append(crossing)
 
+    def mark_sent(self, crossing: Crossing) -> None:
+        """A crossing of this group left the partition: if its unit becomes a crowd, the pair stage must hear it."""
+        if self.params.crowd_users > 0:
+            a, b = crossing.user_a, crossing.user_b
+            self._sent.add((a, b, *crossing.group, cooldown_period(crossing.ts, self.params.cooldown_s)))
+
     def held(self) -> int:
         return sum(len(v) for v in self._held.values())
 
@@ -191,8 +198,9 @@ class GroupBests:
                 self._held[hi] = kept
         pairs: dict[tuple[str, str], None] = {}
         for gk in self._by_unit.pop((key, s), ()):
-            if self._best.pop(gk, None) is not None:
+            if self._best.pop(gk, None) is not None and gk in self._sent:  # held only: nothing to withdraw
                 pairs[gk[:2]] = None
+            self._sent.discard(gk)
         self.withdrawn.extend((a, b, key, s) for a, b in pairs)
         return len(pairs)
 
@@ -204,6 +212,7 @@ class GroupBests:
         for hi in [h for h in self._by_end if slice_end(h, self.params) <= watermark]:
             for gk in self._by_end.pop(hi):
                 best = self._best.pop(gk, None)
+                self._sent.discard(gk)
                 if best is not None:
                     self.closed.offer_pair(gk[0], gk[1], best[0], best[1])
                     closed += 1
@@ -218,6 +227,7 @@ class GroupBests:
         """Forget every group of a user (erasure, withdrawal)."""
         for gk in [gk for gk in self._best if user_id in gk[:2]]:
             del self._best[gk]
+            self._sent.discard(gk)
         for hi, crossings in self._held.items():
             self._held[hi] = [c for c in crossings if user_id not in (c.user_a, c.user_b)]
         self.released = [c for c in self.released if user_id not in (c.user_a, c.user_b)]

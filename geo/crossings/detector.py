@@ -262,6 +262,8 @@ class CellDetector:
                         cooldown.hold(crossing)  # where a crowd just was: sent once its slices are decided
                     else:
                         results[order[r]].append(crossing)
+                        if cooldown is not None:
+                            cooldown.mark_sent(crossing)
         if cooldown is not None:
             cooldown.close(self.watermark)  # groups whose slices are over now filter what comes next
         horizon = self.horizon
