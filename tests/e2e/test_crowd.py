@@ -91,6 +91,13 @@ def test_a_crowd_through_two_workers_gives_the_batchs_records(pipeline_settings)
     border["user_id"] = border["user_id"].str.replace("fan", "edge")
     df = pd.concat([city, crowd, border]).sort_values("ts", kind="stable").reset_index(drop=True)
     df["ts"] -= 1200  # room before now for the watermark markers below
+    # The crowd's first ping 20 s into a crowd slice (slices are aligned on the epoch, so a run at
+    # another clock time would otherwise cut the crowd elsewhere): its first people, sent first,
+    # are then in a slice the rest of the crowd fills, and their crossings must be withdrawn.
+    fans = set(crowd["user_id"])
+    first = float(df.loc[df["user_id"].isin(fans), "ts"].min())
+    df["ts"] -= (first % params.window_s) - 20.0
+    first = float(df.loc[df["user_id"].isin(fans), "ts"].min())
     # The end of the input: one ping per input partition, far away, late enough for every detector's
     # watermark to pass the last slice (crossings held back where a crowd just was are then sent).
     end = float(df["ts"].max()) + 2 * params.window_s + params.lateness_s + 60
@@ -101,7 +108,6 @@ def test_a_crowd_through_two_workers_gives_the_batchs_records(pipeline_settings)
 
     latest = latest_per_pair(detect_crossings(df, params))
     without_rule = latest_per_pair(detect_crossings(df, s.crossing_params(crowd_users=0)))
-    fans = {u for u in crowd["user_id"]}
     assert sum(a in fans and b in fans for a, b in zip(without_rule.user_a, without_rule.user_b)) > 15_000
     fan_partners = collections.Counter(x for a, b in zip(latest.user_a, latest.user_b) if a in fans and b in fans
                                        for x in (a, b))
@@ -117,7 +123,6 @@ def test_a_crowd_through_two_workers_gives_the_batchs_records(pipeline_settings)
         prod = producer(s)
         # Until the crowd's 30th person, then (once the first crowd crossings are out) the rest: the
         # crossings sent before the unit became a crowd must then be withdrawn.
-        first = float(crowd["ts"].min()) - 1200
         gathering = first + 15.0
         for phase, rows in enumerate((df[df["ts"] < gathering], df[df["ts"] >= gathering])):
             for row in rows.itertuples():
