@@ -117,6 +117,13 @@ async def _detect_records(tp, state: DetectorPartition, records, emit: bool) -> 
             if emit:
                 await quarantine(tp, record, exc)
     await _detect_batches(tp, state, pending, emit)
+    # Progress markers move the watermark without a fix: held crossings whose slices are now over go.
+    state.local_cooldown.close(state.detector.watermark)
+    if state.local_cooldown.released:
+        out = Outbox()
+        _add_released(out, tp.partition, state, state.detector.watermark)
+        if emit:
+            await out.flush()
     state.replay_log.note(records[0].offset, records[-1].offset + 1, before, newest)
     return pings
 
@@ -143,6 +150,16 @@ async def _purge(p: int, state: DetectorPartition, body: dict, emit: bool) -> No
     state.consent_versions.pop(user, None)
     if emit:
         await report_purge(p, user, "detector_pings", removed, body)
+
+
+def _add_released(out: Outbox, p: int, state: DetectorPartition, wm: float) -> None:
+    """Queue the crossings held back where a crowd just was whose slices are over (GroupBests.hold)."""
+    local, versions = state.local_cooldown, state.consent_versions
+    for c in local.released:
+        out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, d=c.distance_m, place=c.place,
+                band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0),
+                g=list(c.group), x=None, q=p, wm=wm)
+    local.released.clear()
 
 
 async def _detect_batches(tp, state: DetectorPartition, pending: list[tuple[object, dict]], emit: bool) -> None:
@@ -182,12 +199,7 @@ async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bo
         out.add(crossing_pairs, pair_key(a, b), None, a=a, b=b, ts=None, d=None, place=None, band=None, cva=None,
                 cvb=None, g=None, x=[key, s], q=p, wm=wm)
     local.withdrawn.clear()
-    # Crossings held back where a crowd just was, now that their slices are over (GroupBests.hold).
-    for c in local.released:
-        out.add(crossing_pairs, c.pair_key, None, a=c.user_a, b=c.user_b, ts=c.ts, d=c.distance_m, place=c.place,
-                band=c.distance_band, cva=versions.get(c.user_a, 0.0), cvb=versions.get(c.user_b, 0.0),
-                g=list(c.group), x=None, q=p, wm=wm)
-    local.released.clear()
+    _add_released(out, p, state, wm)
     for i, result in enumerate(results):
         if isinstance(result, LateFix):
             if emit and homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
