@@ -10,9 +10,10 @@ pings. This replays that city's pings, with no Kafka, the way the worker's stage
            --per-call input batches at a time (the records one fetch brings), evict every 5,000
            fixes, as the detect stage does.
 
-It prints the detectors' CPU time per fix and per ping (best of --rounds), and how many candidate
-pairs per ping they pass to the pair stage: the rate bench_faust_ceiling.py's --candidates-per-ping
-stands for.
+It prints the detectors' CPU time per fix and per ping (best of --rounds; time.process_time, so other
+processes on the machine count only through shared caches and cores: the load average is printed
+with it), and how many candidate pairs per ping they pass to the pair stage: the rate
+bench_faust_ceiling.py's --candidates-per-ping stands for.
 
 Usage:
     python bench/bench_detect_city.py                       # the 100k-ping city of bench_streaming.py
@@ -21,6 +22,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import zlib
@@ -119,6 +121,7 @@ def main() -> None:
     print(f"simulated city: {len(pings):,} geo-pings ({time.perf_counter() - t0:.1f} s)")
     for per_call in (int(x) for x in args.per_call.split(",")):
         calls = routed_calls(pings, params, args.batch, per_call, args.partitions)
+        load_before = os.getloadavg()[0]
         runs = [replay(calls, params, args.partitions) for _ in range(args.rounds)]
         seconds = min(r[0] for r in runs)
         _, fixes, candidates, late = runs[0]
@@ -127,7 +130,8 @@ def main() -> None:
               f"{fixes:,} fixes ({fixes / len(pings):.2f} per ping), {late} late; "
               f"detectors {1e6 * seconds / fixes:.1f} µs per fix, {1e6 * seconds / len(pings):.1f} µs per ping "
               f"(best of {args.rounds}: {', '.join(f'{r[0]:.2f}' for r in runs)} s); "
-              f"candidate pairs to the pair stage {candidates:,} = {candidates / len(pings):.2f} per ping")
+              f"candidate pairs to the pair stage {candidates:,} = {candidates / len(pings):.2f} per ping; "
+              f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

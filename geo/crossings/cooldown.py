@@ -48,6 +48,7 @@ class PairCooldown:
     """
 
     _HOUR = 3600.0  # reported_at is tracked per hour: forgetting is up to an hour late, never early
+    _EXPIRY_S = 60.0
 
     def __init__(self, params: CrossingParams = CrossingParams()):
         self.params = params
@@ -61,6 +62,9 @@ class PairCooldown:
         # together), and each detector partition's watermark (which groups are final).
         self._groups: dict[tuple[str, str], dict[Group, Entry]] = {}
         self._settled: dict[object, float] = {}
+        # Pairs by the _EXPIRY_S slice of their record's time, so that expire() visits only old ones;
+        # made by the first expire() (the pair stage never calls it), then kept up with every record.
+        self._expiry: dict[int, list[tuple[str, str]]] | None = None
 
     def offer(self, crossing: Crossing) -> bool:
         """Whether this crossing replaces its pair's current record (and, if so, remember it)."""
@@ -81,6 +85,8 @@ class PairCooldown:
             return False
         self._last[pair] = (ts, distance_m, None if place is None else sys.intern(place),
                             None if band is None else sys.intern(band))
+        if self._expiry is not None:
+            self._expire_at(pair, ts)
         if reported_at is not None:
             self._mark(pair, reported_at)
         if last is None:
@@ -153,6 +159,8 @@ class PairCooldown:
         if old == record:
             return False, old
         self._last[pair] = record
+        if self._expiry is not None:
+            self._expire_at(pair, record[0])
         if reported_at is not None:
             self._mark(pair, reported_at)
         if old is None:
@@ -188,6 +196,13 @@ class PairCooldown:
         """The time of each pair's current record (user_a < user_b): epoch seconds, -inf if none (or forgotten)."""
         last, never = self._last, (-math.inf,)
         return np.asarray([last.get(pair, never)[0] for pair in pairs], dtype=np.float64)
+
+    def current_many(self, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The (ts, distance_m) of each pair's current record (user_a < user_b): nan where it has none, or
+        where the distance is not known."""
+        last, none = self._last, (math.nan, math.nan)
+        rows = np.asarray([last.get(pair, none)[:2] for pair in pairs], dtype=np.float64).reshape(-1, 2)
+        return rows[:, 0], rows[:, 1]
 
     def _mark(self, pair: tuple[str, str], reported_at: float) -> None:
         hour = int(reported_at // self._HOUR)
@@ -247,10 +262,33 @@ class PairCooldown:
 
     def expire(self, before: float) -> int:
         """Forget pairs whose current record is older than `before` (their next crossing is offered as new)."""
-        old = [pair for pair, current in self._last.items() if current[0] < before]
-        for pair in old:
-            self._drop(pair)
-        return len(old)
+        if self._expiry is None:
+            self._expiry = {}
+            for pair, current in self._last.items():
+                self._expire_at(pair, current[0])
+        # A record older than `before` is listed under its slice, at or before the slice of `before`;
+        # a pair may be listed again under later slices (its record changed), or be gone.
+        edge = math.floor(before / self._EXPIRY_S) if math.isfinite(before) else before
+        last, removed = self._last, 0
+        for b in sorted(b for b in self._expiry if b <= edge):
+            pairs = self._expiry.pop(b)
+            kept = [pair for pair in pairs if pair in last and not last[pair][0] < before]
+            for pair in pairs:
+                current = last.get(pair)
+                if current is not None and current[0] < before:
+                    self._drop(pair)
+                    removed += 1
+            if kept and b == edge:
+                self._expiry[b] = kept
+        return removed
+
+    def _expire_at(self, pair: tuple[str, str], ts: float) -> None:
+        b = math.floor(ts / self._EXPIRY_S) if math.isfinite(ts) else ts
+        listed = self._expiry.get(b)
+        if listed is None:
+            self._expiry[b] = [pair]
+        else:
+            listed.append(pair)
 
     def snapshot(self) -> dict:
         """JSON-ready state: [user_a, user_b, ts, distance_m, place, band, reported_at, groups] per pair

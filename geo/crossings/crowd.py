@@ -93,6 +93,10 @@ class CrowdCounts:
         crossings are held back until that slice is decided (GroupBests.hold) rather than sent and withdrawn."""
         return self._recent.get(key, s - 2) >= s - 1
 
+    def recent(self) -> int:
+        """How many keys were a crowd lately (suspect() is False at every other key)."""
+        return len(self._recent)
+
     def crowds(self) -> set[Unit]:
         """The live units that are crowds."""
         return set(self._crowds)
@@ -125,6 +129,94 @@ class CrowdCounts:
         return 232 * len(self) + 72 * sum(len(w) for w in self._people.values())
 
 
+class _PairTimes:
+    """A copy of a PairCooldown's (ts, distance) per pair in sorted arrays, to read many pairs at once.
+
+    Its owner keeps it equal to the PairCooldown: `mark` each pair whose record may have changed
+    (read back at the next `sync`), `forget_before` at each expire, `forget_user` at each purge.
+    Pairs are keyed by two user codes of its own (`codes`), packed in one int64.
+    """
+
+    _MIN_USERS = 4096
+
+    def __init__(self) -> None:
+        self._uid: dict[str, int] = {}
+        self.code = np.empty(0, dtype=np.int64)  # sorted: (smaller user code << 32) | larger
+        self.ts = np.empty(0, dtype=np.float64)  # nan: the pair has no record (a hole, until compacted)
+        self.d = np.empty(0, dtype=np.float64)
+        self._dirty: dict[tuple[str, str], None] = {}
+
+    def codes(self, users: Sequence[str]) -> np.ndarray:
+        uid = self._uid
+        return np.fromiter((uid[u] if u in uid else uid.setdefault(u, len(uid)) for u in users), dtype=np.int64,
+                           count=len(users))
+
+    @staticmethod
+    def _pack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (np.minimum(a, b) << 32) | np.maximum(a, b)
+
+    def mark(self, user_a: str, user_b: str) -> None:
+        self._dirty[(user_a, user_b)] = None
+
+    def sync(self, records: PairCooldown) -> None:
+        """Read the marked pairs' records again."""
+        if not self._dirty:
+            return
+        pairs = list(self._dirty)
+        self._dirty.clear()
+        ts, d = records.current_many(pairs)
+        code = self._pack(self.codes([a for a, _ in pairs]), self.codes([b for _, b in pairs]))
+        by = np.argsort(code)
+        code, ts, d = code[by], ts[by], d[by]
+        pos = np.searchsorted(self.code, code)
+        found = pos < self.code.size
+        found[found] = self.code[pos[found]] == code[found]
+        self.ts[pos[found]], self.d[pos[found]] = ts[found], d[found]
+        new = ~found & ~np.isnan(ts)
+        if new.any():
+            at = pos[new]
+            self.code = np.insert(self.code, at, code[new])
+            self.ts = np.insert(self.ts, at, ts[new])
+            self.d = np.insert(self.d, at, d[new])
+
+    def lookup(self, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ts, distance) of the pairs of these packed codes, nan where none."""
+        if not self.code.size:
+            return np.full(code.size, np.nan), np.full(code.size, np.nan)
+        pos = np.minimum(np.searchsorted(self.code, code), self.code.size - 1)
+        found = self.code[pos] == code
+        return np.where(found, self.ts[pos], np.nan), np.where(found, self.d[pos], np.nan)
+
+    def forget_before(self, before: float) -> None:
+        """PairCooldown.expire(before): records older than `before` are gone."""
+        old = self.ts < before
+        self.ts[old] = self.d[old] = np.nan
+        self._compact()
+
+    def forget_user(self, user_id: str) -> None:
+        """PairCooldown.purge_user: the user's pairs are gone."""
+        c = self._uid.get(user_id)
+        if c is not None:
+            gone = ((self.code >> 32) == c) | ((self.code & 0xFFFFFFFF) == c)
+            self.ts[gone] = self.d[gone] = np.nan
+
+    def _compact(self) -> None:
+        """Drop holes once they are half the arrays, and renumber users once most codes are unused."""
+        live = ~np.isnan(self.ts)
+        if 2 * int(live.sum()) < self.code.size:
+            self.code, self.ts, self.d = self.code[live], self.ts[live], self.d[live]
+        if len(self._uid) <= max(self._MIN_USERS, 4 * self.code.size) and len(self._uid) < 1 << 30:
+            return
+        a, b = self.code >> 32, self.code & 0xFFFFFFFF
+        used = np.unique(np.concatenate([a, b]))
+        names = np.empty(len(self._uid), dtype=object)
+        names[list(self._uid.values())] = list(self._uid)
+        self._uid = {u: i for i, u in enumerate(names[used].tolist())}
+        self.code = self._pack(np.searchsorted(used, a), np.searchsorted(used, b))
+        by = np.argsort(self.code)
+        self.code, self.ts, self.d = self.code[by], self.ts[by], self.d[by]
+
+
 class GroupBests:
     """A detector partition's pre-filter: per pair *group* the best crossing sent so far.
 
@@ -141,7 +233,8 @@ class GroupBests:
         self._best: dict[GroupKey, tuple[float, float]] = {}
         self._by_unit: dict[Unit, list[GroupKey]] = {}
         self._by_end: dict[int, list[GroupKey]] = {}  # hi slice -> groups (to close them)
-        self.closed = PairCooldown(params)
+        self.closed = PairCooldown(params)  # changed only here, so that _closed_times stays its copy
+        self._closed_times = _PairTimes()
         self.withdrawn: list[tuple[str, str, str, int]] = []
         self._expired_at = -math.inf
         self._held: dict[int, list[Crossing]] = {}  # hi slice -> crossings held back (hold)
@@ -152,7 +245,10 @@ class GroupBests:
         """Whether the crossing of user_a < user_b at (ts, distance) in group (key, lo, hi) goes on (and remember it)."""
         cooldown_s = self.params.cooldown_s
         if self.params.crowd_users <= 0:  # no crowd rule: nothing is ever withdrawn, every group is as good as closed
-            return self.closed.offer_pair(user_a, user_b, ts, distance_m)
+            if self.closed.offer_pair(user_a, user_b, ts, distance_m):
+                self._closed_times.mark(user_a, user_b)
+                return True
+            return False
         closed = self.closed.current(user_a, user_b)
         if closed is not None and not supersedes(ts, distance_m, None, None, closed, cooldown_s):
             return False
@@ -176,6 +272,77 @@ class GroupBests:
         self._best[gk] = (ts, distance_m)
         return True
 
+    def offer_many(self, users: Sequence[str], a: np.ndarray, b: np.ndarray, keys: Sequence[str], key_of: np.ndarray,
+                   lo: np.ndarray, hi: np.ndarray, ts: np.ndarray, distance_m: np.ndarray) -> np.ndarray:
+        """offer() for several crossings in the order given, crossing i being of users[a[i]] < users[b[i]]
+        at key keys[key_of[i]]: whether each goes on (the same answers and state as one by one).
+
+        In a dense place most offers repeat a pair that a closed group, or a group, let something
+        better through for before. A refused offer changes nothing, so those are told apart first,
+        from what is known before the batch (a group's best and a closed record only get better as
+        the batch goes on): the closed records in sorted arrays, the groups a dictionary read each;
+        only the others go through offer().
+        """
+        n = len(a)
+        ts, d = np.asarray(ts, dtype=np.float64), np.asarray(distance_m, dtype=np.float64)
+        a, b, key_of = (np.asarray(v, dtype=np.int64) for v in (a, b, key_of))
+        lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+        cooldown_s = self.params.cooldown_s
+        period = cooldown_period(ts, cooldown_s)
+        # Refused by the pair's closed record (model.supersedes with no place): an older period, or
+        # the same period and later in (ts, distance); an unknown distance (nan) refuses nothing on a tie.
+        times = self._closed_times
+        times.sync(self.closed)
+        codes = times.codes(users)
+        c_ts, c_d = times.lookup(times._pack(codes[a], codes[b]))
+        c_period = cooldown_period(c_ts, cooldown_s)
+        refused = (c_period > period) | ((c_period == period) & ((ts > c_ts) | ((ts == c_ts) & (d > c_d))))
+        if self.params.crowd_users > 0:
+            rest = np.flatnonzero(~refused)
+            best_get, none = self._best.get, (math.nan, math.nan)
+            rest_a = list(map(users.__getitem__, a[rest].tolist()))
+            rest_b = list(map(users.__getitem__, b[rest].tolist()))
+            rest_keys = list(map(keys.__getitem__, key_of[rest].tolist()))
+            lo_r, hi_r, period_r, t_r, d_r = lo[rest], hi[rest], period[rest].tolist(), ts[rest], d[rest]
+
+            def better_known(slice_lo: list, slice_hi: list, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                """Whether the group (pair, key, slice_lo, slice_hi, period) of each crossing of `rest`
+                (or of rest[among]) has a best strictly better than it, and one equal to it."""
+                if among is None:
+                    groups = zip(rest_a, rest_b, rest_keys, slice_lo, slice_hi, period_r)
+                    t, dd = t_r, d_r
+                else:
+                    pick = among.tolist()
+                    groups = zip([rest_a[i] for i in pick], [rest_b[i] for i in pick], [rest_keys[i] for i in pick],
+                                 slice_lo, slice_hi, [period_r[i] for i in pick])
+                    t, dd = t_r[among], d_r[among]
+                known = np.asarray([best_get(g, none) for g in groups], dtype=np.float64).reshape(-1, 2)
+                return ((known[:, 0] < t) | ((known[:, 0] == t) & (known[:, 1] < dd)),
+                        (known[:, 0] == t) & (known[:, 1] == dd))
+
+            better, _ = better_known(lo_r.tolist(), hi_r.tolist())
+            no = better.copy()  # strictly worse than its group's best
+            two = np.flatnonzero(lo_r != hi_r)
+            if two.size:
+                # A group over two slices first looks at the groups within each of them (offer): one
+                # at least as good ends the offer, a tie letting it through. So an inner best strictly
+                # better refuses, unless an earlier inner check could tie: with a best equal to this
+                # crossing, or another crossing of the batch with the very same (ts, distance).
+                by = np.lexsort((d, ts))
+                same = (ts[by][1:] == ts[by][:-1]) & (d[by][1:] == d[by][:-1])
+                tied = np.zeros(n, dtype=bool)
+                tied[by[1:][same]] = tied[by[:-1][same]] = True
+                first_better, first_equal = better_known(lo_r[two].tolist(), lo_r[two].tolist(), two)
+                second_better, second_equal = better_known(hi_r[two].tolist(), hi_r[two].tolist(), two)
+                sure = ~first_equal & ~tied[rest[two]]
+                no[two] = first_better | (sure & (second_better | (~second_equal & better[two])))
+            refused[rest[no]] = True
+        out = np.zeros(n, dtype=bool)
+        left = np.flatnonzero(~refused)
+        out[left] = [self.offer(users[x], users[y], keys[k], l, h, t, dd) for x, y, k, l, h, t, dd in
+                     zip(*(v[left].tolist() for v in (a, b, key_of, lo, hi, ts, d)))]
+        return out
+
     def hold(self, crossing: Crossing) -> None:
         """Keep back a crossing of a unit that may become a crowd again (CrowdCounts.suspect) until its
         slices are over (`close` moves it to `released`); dropped if one of its units becomes a crowd."""
@@ -186,6 +353,12 @@ class GroupBests:
         if self.params.crowd_users > 0:
             a, b = crossing.user_a, crossing.user_b
             self._sent.add((a, b, *crossing.group, cooldown_period(crossing.ts, self.params.cooldown_s)))
+
+    def mark_sent_many(self, crossings: Sequence[Crossing]) -> None:
+        """mark_sent() for several crossings."""
+        if self.params.crowd_users > 0 and crossings:
+            periods = cooldown_period(np.asarray([c.ts for c in crossings], dtype=np.float64), self.params.cooldown_s)
+            self._sent.update((c.user_a, c.user_b, *c.group, period) for c, period in zip(crossings, periods.tolist()))
 
     def held(self) -> int:
         return sum(len(v) for v in self._held.values())
@@ -214,13 +387,15 @@ class GroupBests:
                 best = self._best.pop(gk, None)
                 self._sent.discard(gk)
                 if best is not None:
-                    self.closed.offer_pair(gk[0], gk[1], best[0], best[1])
+                    if self.closed.offer_pair(gk[0], gk[1], best[0], best[1]):
+                        self._closed_times.mark(gk[0], gk[1])
                     closed += 1
                 for unit in ((gk[2], gk[3]), (gk[2], gk[4])):
                     self._by_unit.pop(unit, None)
         if watermark - self._expired_at >= _EXPIRE_EVERY_S:  # a scan of every pair: not at every call
             self._expired_at = watermark
             self.closed.expire(watermark - self.params.cooldown_s)
+            self._closed_times.forget_before(watermark - self.params.cooldown_s)
         return closed
 
     def purge_user(self, user_id: str) -> None:
@@ -232,6 +407,7 @@ class GroupBests:
             self._held[hi] = [c for c in crossings if user_id not in (c.user_a, c.user_b)]
         self.released = [c for c in self.released if user_id not in (c.user_a, c.user_b)]
         self.closed.purge_user(user_id)
+        self._closed_times.forget_user(user_id)
 
     def __len__(self) -> int:
         return len(self._best)

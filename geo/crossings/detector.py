@@ -11,13 +11,12 @@ import math
 import sys
 from collections.abc import Hashable, Iterable, Sequence
 
-import h3
 import numpy as np
 
 from geo.clock import EventClock
 from geo.crossings.crowd import CrowdCounts, GroupBests
 from geo.crossings.model import (_MARGIN, Crossing, CrossingParams, Fix, LateFix, _expand, _match, _outside_zones,
-                                 cooldown_period, crowd_slice, distance_bands, is_usable, slice_s)
+                                 cooldown_period, crowd_slice, distance_bands, is_usable, places_of, slice_s)
 from geo.distance import EARTH_RADIUS_M, cos_lat, midpoint
 from geo.zones import SensitiveZones
 
@@ -25,6 +24,33 @@ _HORIZON_SLACK_S = 1.0  # keep pings a little longer than needed, against float 
 _BUCKET_S = 30.0  # event-time slices of CellDetector's eviction index
 _COLS = 6  # ts, lat, lon, cos(lat), user code, is_home
 _TS, _LAT, _LON, _COS, _UID, _HOME = range(_COLS)
+
+
+def _groups(x: np.ndarray, y: np.ndarray, key: np.ndarray, lo: np.ndarray, hi: np.ndarray, period: np.ndarray,
+            n_users: int, n_keys: int, cooldown_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """An order of rows grouped by (x, y, key, lo, hi, period), groups sorted so, and where each group starts.
+
+    One sort of the fields packed in an int64 when they fit (they do but for extreme inputs, or a
+    cooldown of 0 s), else a sort on each field.
+    """
+    if x.size == 0:
+        return np.empty(0, np.int64), np.empty(0, bool)
+    lo_rel, step = lo - lo.min(), hi - lo
+    sizes = [n_users, n_users, n_keys, int(lo_rel.max()) + 1, int(step.max()) + 1]
+    if cooldown_s > 0:
+        period_rel = period - period.min()
+        sizes.append(int(period_rel.max()) + 1)
+    if cooldown_s > 0 and math.prod(sizes) < 2**62 and step.min() >= 0:
+        packed = x
+        for size, field in zip(sizes[1:], (y, key, lo_rel, step, period_rel.astype(np.int64))):
+            packed = packed * size + field
+        by = np.argsort(packed)  # the order within a group does not matter
+        packed = packed[by]
+        return by, np.r_[True, packed[1:] != packed[:-1]]
+    by = np.lexsort((period, hi, lo, key, y, x))
+    starts = np.r_[True, (x[by][1:] != x[by][:-1]) | (y[by][1:] != y[by][:-1]) | (key[by][1:] != key[by][:-1])
+                   | (lo[by][1:] != lo[by][:-1]) | (hi[by][1:] != hi[by][:-1]) | (period[by][1:] != period[by][:-1])]
+    return by, starts
 
 
 class _KeyState:
@@ -246,24 +272,26 @@ class CellDetector:
             a, b = new[:, left], table[:, right]
             mask, d = _match(a[_TS], a[_LAT], a[_LON], a[_COS], a[_UID], b[_TS], b[_LAT], b[_LON], b[_COS], b[_UID], p)
             hit = np.flatnonzero(mask)
-            # Arrival order of the new fixes; per fix, live pings first, then the batch's earlier fixes.
-            hit = hit[np.lexsort((right[hit], np.asarray(order, dtype=np.int64)[left[hit]]))]
             if hit.size and self.zones:
                 hit = hit[_outside_zones(a[_LAT, hit], a[_LON, hit], b[_LAT, hit], b[_LON, hit], self.zones)[2]]
             names = list(groups)
             new_group = np.repeat(np.arange(n_groups), [len(g) for g in groups.values()])
             if hit.size and cooldown is not None:
                 hit = hit[self._offered(a[:, hit], b[:, hit], d[hit], new_group[left[hit]], names, cooldown)]
-            suspect = self.crowd.suspect
+            # Arrival order of the new fixes; per fix, live pings first, then the batch's earlier fixes.
+            hit = hit[np.lexsort((right[hit], np.asarray(order, dtype=np.int64)[left[hit]]))]
+            suspect = self.crowd.suspect if cooldown is not None and self.crowd.recent() else None
             if hit.size:
+                sent = []
                 for r, crossing in zip(left[hit].tolist(), self._describe_pairs(a[:, hit], b[:, hit], d[hit],
                                                                                  new_group[left[hit]], names)):
-                    if cooldown is not None and (suspect(*crossing.group[:2]) or suspect(crossing.group[0], crossing.group[2])):
+                    if suspect is not None and (suspect(*crossing.group[:2]) or suspect(crossing.group[0], crossing.group[2])):
                         cooldown.hold(crossing)  # where a crowd just was: sent once its slices are decided
                     else:
                         results[order[r]].append(crossing)
-                        if cooldown is not None:
-                            cooldown.mark_sent(crossing)
+                        sent.append(crossing)
+                if cooldown is not None:
+                    cooldown.mark_sent_many(sent)
         if cooldown is not None:
             cooldown.close(self.watermark)  # groups whose slices are over now filter what comes next
         horizon = self.horizon
@@ -308,27 +336,33 @@ class CellDetector:
         """
         p = self.params
         ts = np.maximum(a[_TS], b[_TS])
-        period = cooldown_period(ts, cooldown.params.cooldown_s)
+        cooldown_s = cooldown.params.cooldown_s
+        period = cooldown_period(ts, cooldown_s)
         sa, sb = crowd_slice(a[_TS], p), crowd_slice(b[_TS], p)
         lo, hi = np.minimum(sa, sb), np.maximum(sa, sb)
         ua, ub = a[_UID].astype(np.int64), b[_UID].astype(np.int64)
-        code = (np.minimum(ua, ub) << 32) | np.maximum(ua, ub)
-        by = np.lexsort((d, ts, period, hi, lo, key_of, code))  # each group together, its best first
-        c, k, sl, sh, pe = code[by], key_of[by], lo[by], hi[by], period[by]
-        starts = np.r_[True, (c[1:] != c[:-1]) | (k[1:] != k[:-1]) | (sl[1:] != sl[:-1]) | (sh[1:] != sh[:-1])
-                       | (pe[1:] != pe[:-1])]
+        x, y = np.minimum(ua, ub), np.maximum(ua, ub)
+        # Each group together (in the order of (x, y, key, lo, hi, period)), then its best by (time, distance).
+        by, starts = _groups(x, y, key_of, lo, hi, period, len(self._users), len(names), cooldown_s)
+        at = np.flatnonzero(starts)
         group = np.cumsum(starts) - 1
-        first = by[starts]
+        ts_by, d_by = ts[by], d[by]
+        t_best = np.minimum.reduceat(ts_by, at)
+        d_best = np.minimum.reduceat(np.where(ts_by == t_best[group], d_by, np.inf), at)
         # Matches tied with the best on time and distance (the same geometry, in practice) go too:
         # their place, which decides such a tie, is not computed here.
-        tied = (ts[by] == ts[first][group]) & (d[by] == d[first][group])
-        users, offer = self._users, cooldown.offer
-        offered = np.zeros(first.size, dtype=bool)
-        for g, (x, y, kk, l, h, tt, dd) in enumerate(zip(ua[first].tolist(), ub[first].tolist(), key_of[first].tolist(),
-                                                          lo[first].tolist(), hi[first].tolist(), ts[first].tolist(),
-                                                          d[first].tolist())):
-            x, y = users[x], users[y]
-            offered[g] = offer(*((x, y) if x < y else (y, x)), names[kk], l, h, tt, dd)
+        tied = (ts_by == t_best[group]) & (d_by == d_best[group])
+        first = by[at]
+        # The names of the batch's users, each pair's two in name order.
+        gx, gy = x[first], y[first]
+        seen, index = np.unique(np.concatenate([gx, gy]), return_inverse=True)
+        names_of = list(map(self._users.__getitem__, seen.tolist()))
+        rank = np.empty(len(names_of), dtype=np.int64)
+        rank[sorted(range(len(names_of)), key=names_of.__getitem__)] = np.arange(len(names_of))
+        ix, iy = index[: gx.size], index[gx.size :]
+        swap = rank[ix] > rank[iy]
+        offered = cooldown.offer_many(names_of, np.where(swap, iy, ix), np.where(swap, ix, iy), names, key_of[first],
+                                      lo[first], hi[first], t_best, d_best)
         mask = np.zeros(ts.size, dtype=bool)
         mask[by[tied & offered[group]]] = True
         return mask
@@ -338,17 +372,18 @@ class CellDetector:
         """Crossings of matched pairs outside zones (a[:, k] the new fix, b[:, k] the other, found at key names[key_of[k]])."""
         mlat, mlon = midpoint(a[_LAT], a[_LON], b[_LAT], b[_LON])
         bands = distance_bands(d, self.params)
-        users, res = self._users, self.params.place_resolution
+        places = places_of(np.atleast_1d(mlat), np.atleast_1d(mlon), self.params)
+        users = self._users
         sa, sb = crowd_slice(a[_TS], self.params), crowd_slice(b[_TS], self.params)
-        latlng_to_cell = h3.latlng_to_cell
         out: list[Crossing] = []
-        for ua, ub, ta, tb, la, lo, band, dd, kk, xa, xb in zip(
+        crossing = Crossing._of_sorted
+        for ua, ub, ta, tb, place, band, dd, kk, xa, xb in zip(
                 a[_UID].astype(np.int64).tolist(), b[_UID].astype(np.int64).tolist(), a[_TS].tolist(), b[_TS].tolist(),
-                np.atleast_1d(mlat).tolist(), np.atleast_1d(mlon).tolist(), bands.tolist(), d.tolist(), key_of.tolist(),
-                np.minimum(sa, sb).tolist(), np.maximum(sa, sb).tolist()):
+                places, bands.tolist(), d.tolist(), key_of.tolist(), np.minimum(sa, sb).tolist(),
+                np.maximum(sa, sb).tolist()):
             x, y = users[ua], users[ub]
-            out.append(Crossing(*((x, y) if x < y else (y, x)), ta if ta > tb else tb,
-                                latlng_to_cell(la, lo, res), band, dd, (names[kk], xa, xb)))
+            out.append(crossing(*((x, y) if x < y else (y, x)), ta if ta > tb else tb, place, band, dd,
+                                (names[kk], xa, xb)))
         return out
 
     def pings_of(self, user_id: str) -> int:

@@ -17,6 +17,7 @@ geo.oracle.brute_force_pairs bit for bit.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -117,6 +118,16 @@ class Crossing:
     def __post_init__(self) -> None:
         if not self.user_a < self.user_b:
             raise ValueError(f"user_a={self.user_a!r} must sort before user_b={self.user_b!r}")
+
+    @classmethod
+    def _of_sorted(cls, user_a: str, user_b: str, ts: float, place: str, distance_band: str, distance_m: float,
+                   group: tuple[str, int, int]) -> "Crossing":
+        """The same Crossing, for a caller that has put user_a < user_b itself (the detector builds one
+        or more per ping): the frozen dataclass's __init__ costs twice as much."""
+        c = object.__new__(cls)
+        object.__setattr__(c, "__dict__", {"user_a": user_a, "user_b": user_b, "ts": ts, "place": place,
+                                           "distance_band": distance_band, "distance_m": distance_m, "group": group})
+        return c
 
     @property
     def pair_key(self) -> str:
@@ -249,6 +260,30 @@ def distance_bands(d: np.ndarray, params: CrossingParams) -> np.ndarray:
 def place_of(lat: float, lon: float, params: CrossingParams) -> str:
     """The coarsened place (H3 cell) reported for a crossing whose midpoint is (lat, lon)."""
     return h3.latlng_to_cell(float(lat), float(lon), params.place_resolution)
+
+
+try:  # the compiled function behind h3.api.basic_int.latlng_to_cell, without its Python wrapper
+    from h3._cy import latlng_to_cell as _h3_cell
+except ImportError:  # pragma: no cover - another h3 layout
+    from h3.api.basic_int import latlng_to_cell as _h3_cell
+
+_CELL_NAMES: dict[int, str] = {}  # H3 cell int -> its string: places repeat, the formatting need not
+_CELL_NAMES_MAX = 1 << 16
+
+
+def places_of(lat: np.ndarray, lon: np.ndarray, params: CrossingParams) -> list[str]:
+    """place_of for many midpoints (the same strings)."""
+    names, res = _CELL_NAMES, params.place_resolution
+    if len(names) > _CELL_NAMES_MAX:
+        names.clear()
+    out = []
+    for cell in map(_h3_cell, np.asarray(lat, dtype=np.float64).tolist(), np.asarray(lon, dtype=np.float64).tolist(),
+                    itertools.repeat(res)):
+        name = names.get(cell)
+        if name is None:
+            name = names[cell] = h3.int_to_str(cell)
+        out.append(name)
+    return out
 
 
 def _match(ts0, lat0, lon0, cos0, u0, ts1, lat1, lon1, cos1, u1, params: CrossingParams):
