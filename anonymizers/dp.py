@@ -172,6 +172,38 @@ def bound_contributions(
     return {cell: frozenset(users) for cell, users in kept.items()}
 
 
+def admit_cell(kept: tuple[str, ...], cell: str, m: int) -> tuple[str, ...] | None:
+    """The contribution bound where a user's pings are read in their own order (the ingest stage).
+
+    `kept` are the distinct cells the user's earlier pings of this window counted in. A ping in `cell`
+    counts if `cell` is one of them or fewer than m are kept: the user's first m distinct cells of the
+    window, in the order of their own pings. Returns the kept cells after this ping (`kept` itself
+    when nothing changes), or None when the ping does not count. Over all statistics partitions a
+    user then changes at most m counts per window, whatever the partitioning; the choice depends on
+    nothing but the user's own pings, so neighbouring inputs keep everyone else's counts the same.
+    """
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m={m!r} must be an integer >= 1")
+    if cell in kept:
+        return kept
+    return kept + (cell,) if len(kept) < m else None
+
+
+def bound_in_order(visits: Iterable[tuple[Hashable, str]], m: int) -> dict[str, frozenset]:
+    """Users per cell when each user counts in their first m distinct cells (`admit_cell` over a window).
+
+    `visits` are (user, cell) in the order of each user's pings (other users' visits may interleave).
+    """
+    kept: dict[Hashable, tuple[str, ...]] = {}
+    users: dict[str, set] = defaultdict(set)
+    for user, cell in visits:
+        now = admit_cell(kept.get(user, ()), cell, m)
+        if now is not None:
+            kept[user] = now
+            users[cell].add(user)
+    return {cell: frozenset(u) for cell, u in users.items()}
+
+
 def noisy_count(count: int, epsilon: float, sensitivity: int, rng: np.random.Generator) -> int:
     """Return count plus two-sided geometric noise of scale sensitivity / epsilon."""
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:

@@ -218,4 +218,4 @@ def plan_withdrawal(withdrawn: frozenset[Purpose]) -> PurgePlan | None:
 
 # Tables (by logical name) where an erasure leaves a tombstone for the user, as the receipt lists them.
 ERASURE_TOMBSTONED_TABLES = ("consent-state", "activity", "pair-last", "location-members", "connection-members",
-                             "receipt-drafts")
+                             "receipt-drafts", "dp-bound")

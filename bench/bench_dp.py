@@ -8,9 +8,12 @@ the issue's shape, and `city`, the demo's simulated city), published by:
   dp-area r7/8  the same over a declared service area (geo/data/service-area-paris.geojson, the simulated
                 city's box) at H3 resolution 7 or 8: every area cell gets a noisy count, published from k
 DP methods run as the worker runs them with --partitions statistics partitions (default 4, the setting's
-default): parameters, area and cells per partition from the worker's own streams.rules.dp_rules, the window
-split by stats partition (streams.rules.stats_partition), each part bounding a user to max(1, m // shards)
-cells, noise with the whole window's sensitivity (anonymizers.dp, "Shards").
+default): parameters, area and cells per partition from the worker's own streams.rules.dp_rules; each user
+counted in their first m cells of the window at the DP resolution, inside the area (the ingest stage's bound,
+anonymizers.dp.bound_in_order; a window here has no ping order, so each user's cells come in a seeded random
+order), then the window split by stats partition (streams.rules.stats_partition). `--per-partition` runs
+the worker before that bound: each statistics partition bounding a user on its own to max(1, m // shards)
+cells, noise with the sensitivity of all of them (anonymizers.dp, "Shards").
 
 Measures per method (anonymizers.utility.measure_utility, plus errors against the true counts):
   rows      regions / cells published in the window
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import h3
@@ -39,7 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from anonymizers.dp import privacy_budget, publication_threshold, publish_noisy_cells  # noqa: E402
+from anonymizers.dp import (DPParams, bound_in_order, privacy_budget, publication_threshold,  # noqa: E402
+                            publish_noisy_cells)
 from anonymizers.kanon import KAnonParams  # noqa: E402
 from anonymizers.regions import RegionCount, publish_regions  # noqa: E402
 from anonymizers.utility import measure_utility  # noqa: E402
@@ -71,9 +76,26 @@ def true_count(row: RegionCount, counts: dict[str, int], window: dict[str, set])
     return len(users)
 
 
-def publish_dp(window: dict, k: int, settings: Settings, rng: np.random.Generator) -> list[RegionCount]:
+def ingest_bound(window: dict, params: DPParams, area, rng: np.random.Generator) -> dict[str, frozenset]:
+    """The window as the statistics stage gets it from ingest: each user in their first m DP cells (inside the area)."""
+    cells_of: dict = {}
+    for cell in sorted(window):
+        parent = h3.cell_to_parent(cell, params.resolution)
+        if area is None or parent in area.cells:
+            for user in window[cell]:
+                cells_of.setdefault(user, set()).add(parent)
+    visits = [(user, c) for user in sorted(cells_of) for c in rng.permutation(sorted(cells_of[user])).tolist()]
+    return bound_in_order(visits, params.max_cells_per_user)
+
+
+def publish_dp(window: dict, k: int, settings: Settings, rng: np.random.Generator,
+               per_partition: bool = False) -> list[RegionCount]:
     """What the worker's statistics partitions publish together for the window (streams.rules.dp_rules)."""
     params, area, cells = dp_rules(settings)
+    if per_partition:  # before the ingest bound: each partition bounds a user on its own
+        params = replace(params, shards=len(cells) if area else settings.partitions)
+    else:
+        window = ingest_bound(window, params, area, rng)
     parts: dict[int, dict[str, set]] = {}
     for cell, users in window.items():
         parts.setdefault(stats_partition(cell, settings), {})[cell] = users
@@ -111,6 +133,9 @@ def main() -> None:
     p.add_argument("--m", type=int, default=4, help="cells per user and window (CROSSPATHS_DP_MAX_CELLS_PER_USER)")
     p.add_argument("--partitions", type=int, default=4, help="statistics partitions (CROSSPATHS_PARTITIONS)")
     p.add_argument("--draws", type=int, default=5, help="noise draws averaged per DP number")
+    p.add_argument("--per-partition", action="store_true",
+                   help="bound each user in each statistics partition (the worker before the ingest bound)")
+    p.add_argument("--resolutions", default="7,8", help="DP resolutions of the area runs")
     args = p.parse_args()
     runs = []
     if args.workload in ("places", "both"):
@@ -125,12 +150,15 @@ def main() -> None:
         m = measure(publish_regions(window, KAnonParams(k=args.k)), window, counts, args.k)
         print(line("k-regions", m, f"k = {args.k} per window, none against k - 1 known accounts"))
         for eps in [float(e) for e in args.epsilons.split(",")]:
-            for label, res, area in (("dp-select r7", 7, None), ("dp-area r7", 7, AREA), ("dp-area r8", 8, AREA)):
+            methods = [("dp-select r7", 7, None)] + [(f"dp-area r{r}", int(r), AREA) for r in args.resolutions.split(",")]
+            for label, res, area in methods:
                 settings = Settings(partitions=args.partitions, k=args.k, dp_epsilon=eps, dp_max_cells_per_user=args.m,
                                     dp_resolution=res, dp_domain=area)
                 params = dp_rules(settings)[0]
-                draws = [measure(publish_dp(window, args.k, settings, np.random.default_rng(d)), window, counts, args.k)
-                         for d in range(args.draws)]
+                if args.per_partition:
+                    params = replace(params, shards=len(dp_rules(settings)[2]) if area else settings.partitions)
+                draws = [measure(publish_dp(window, args.k, settings, np.random.default_rng(d), args.per_partition),
+                                 window, counts, args.k) for d in range(args.draws)]
                 mean = {f: sum(d[f] for d in draws) / len(draws) for f in draws[0]}
                 budget = privacy_budget(params, settings.stats_window_s, area is not None)
                 extra = "" if area else f", threshold {max(args.k, publication_threshold(params))}"

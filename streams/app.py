@@ -94,6 +94,7 @@ connection_members = _table("connection-members")
 connection_published = _table("connection-published")
 resume_table = _table("detector-resume")  # crossing-cells partition -> resume points (offsets only)
 receipt_table = _table("receipt-drafts")  # "draft|tag" -> erasure receipt draft; "done|tag" -> erasure time
+dp_bound_table = _table("dp-bound")  # "p|window|pseudonym" -> cells a user counts in (DP contribution bound)
 
 
 def changelog_topic_name(table: str) -> str:

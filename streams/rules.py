@@ -32,7 +32,7 @@ class Rules:
     zones: SensitiveZones | None
     kanon: KAnonParams
     group_by: tuple[str, ...]
-    dp: DPParams | None  # its shards: the statistics partitions one user's places can reach
+    dp: DPParams | None  # one shard: the ingest stage bounds each user's cells over all partitions
     dp_area: ServiceArea | None  # the declared service area (DP over it: pure epsilon, threshold k)
     dp_cells: dict[int, frozenset[str]]  # the area's cells each statistics partition publishes
     dp_budget: PrivacyBudget | None
@@ -75,14 +75,14 @@ def partner_statistics_statement(r: Rules) -> str:
     """What partner-statistics publishes under these rules and, with DP, the (epsilon, delta) per window and day."""
     if r.dp is None:
         return (f"partner-statistics: k-anonymous regions (k = {r.kanon.k}), no differential privacy "
-                "(CROSSPATHS_DP_EPSILON unset)")
+                "(CROSSPATHS_DP_EPSILON=0)")
     where = (f"every cell of the declared area ({len(r.dp_area.cells)} cells, {r.dp_area.area_km2:.0f} km²) gets a "
              f"noisy count, published from k = {r.kanon.k}" if r.dp_area is not None else
              f"cells seen in the data, published from a noisy count of "
              f"{max(r.kanon.k, publication_threshold(r.dp))}")
-    return (f"partner-statistics: differential privacy at H3 resolution {r.dp.resolution}, {where}; each user in "
-            f"at most {r.dp.cells_per_shard} cell(s) in each of {r.dp.shards} statistics partition(s) "
-            f"(sensitivity {r.dp.sensitivity}); {r.dp_budget.statement()}")
+    return (f"partner-statistics: differential privacy at H3 resolution {r.dp.resolution}, {where}; each user "
+            f"counted in at most {r.dp.max_cells_per_user} cell(s) per window, their first ones (sensitivity "
+            f"{r.dp.sensitivity}); {r.dp_budget.statement()}")
 
 
 def stats_partition(cell: str, settings: Settings) -> int:
@@ -91,14 +91,20 @@ def stats_partition(cell: str, settings: Settings) -> int:
     return zlib.crc32(key.encode()) % settings.partitions
 
 
+DP_RESOLUTION_OVER_AN_AREA = 8  # ~0.7 km² cells: 110-140 per hour of the simulated city (bench/bench_dp.py)
+DP_RESOLUTION_FROM_DATA = 7  # ~5 km² cells: fewer, fuller cells clear the (epsilon, delta) threshold
+
+
 def dp_rules(settings: Settings) -> tuple[DPParams | None, ServiceArea | None, dict[int, frozenset[str]]]:
-    """The DP parameters (with their shards), the declared area and its cells per statistics partition."""
+    """The DP parameters, the declared area and its cells per statistics partition."""
     if not settings.dp_epsilon:
         if settings.dp_domain is not None:
-            raise ValueError(f"dp_domain={str(settings.dp_domain)!r} is set but dp_epsilon is not: "
-                             "set CROSSPATHS_DP_EPSILON too, or unset CROSSPATHS_DP_DOMAIN")
+            raise ValueError(f"dp_domain={str(settings.dp_domain)!r} is set but dp_epsilon is 0 (off): "
+                             "set CROSSPATHS_DP_EPSILON > 0, or unset CROSSPATHS_DP_DOMAIN")
         return None, None, {}
     res = settings.dp_resolution
+    if res is None:
+        res = DP_RESOLUTION_OVER_AN_AREA if settings.dp_domain is not None else DP_RESOLUTION_FROM_DATA
     if not settings.h3_coarsest_resolution <= res <= settings.h3_base_resolution:
         # Coarser than the statistics key, one noisy cell would be counted apart in several partitions.
         raise ValueError(f"dp_resolution={res} must be in [h3_coarsest_resolution={settings.h3_coarsest_resolution}, "
@@ -107,10 +113,10 @@ def dp_rules(settings: Settings) -> tuple[DPParams | None, ServiceArea | None, d
     cells: dict[int, set[str]] = {}
     for cell in area.cells if area else ():
         cells.setdefault(stats_partition(cell, settings), set()).add(cell)
-    # Each statistics partition bounds a user on its own: all those one user can reach share the budget.
-    shards = len(cells) if area else settings.partitions
+    # One shard: the ingest stage, which reads each user's pings in order, counts a user in their first m
+    # cells of a window over all statistics partitions together (streams.stages.contribution).
     dp = DPParams(epsilon=settings.dp_epsilon, max_cells_per_user=settings.dp_max_cells_per_user,
-                  delta=settings.dp_delta, resolution=res, shards=shards)
+                  delta=settings.dp_delta, resolution=res)
     return dp, area, {p: frozenset(c) for p, c in cells.items()}
 
 

@@ -86,10 +86,14 @@ class Settings(BaseSettings):
     pseudonym_secret: SecretStr | None = None
     pseudonym_secret_file: Path | None = None
     pseudonym_rotation_s: int = 86400
-    dp_epsilon: float | None = None
+    # Differential privacy for partner-statistics, on by default: epsilon per window; 0 turns it off
+    # (k-anonymous regions alone, exact counts).
+    dp_epsilon: float = Field(1.0, ge=0)
     dp_max_cells_per_user: int = 4
     dp_delta: float = 1e-6  # at most anonymizers.dp.MAX_DELTA: the worker refuses more
-    dp_resolution: int = Field(7, ge=0, le=15)  # H3 resolution of noisy cells (fixed, data-independent)
+    # H3 resolution of the noisy cells (fixed, data-independent); None: 8 over a declared area, 7 without
+    # (cells taken from the data need a noisy count of ~60 to show: coarser cells reach it).
+    dp_resolution: int | None = Field(None, ge=0, le=15)
     # The declared service area (anonymizers.servicearea): a GeoJSON polygon file, or a file of H3 cells.
     # Set: every cell of it at dp_resolution gets a noisy count each window (pure epsilon-DP, threshold k).
     dp_domain: Path | None = None

@@ -103,7 +103,7 @@ def crossings_lifetime_s(settings: Settings) -> float:
 # compaction (Faust would make them with the broker's defaults: no bound on when a tombstoned
 # value is compacted away). A test checks this list against the app's tables.
 TABLES = ("consent-state", "counters", "activity", "erased", "pair-last", "pair-guard", "location-members",
-          "location-published", "connection-members", "connection-published", "detector-resume", "receipt-drafts")
+          "location-published", "connection-members", "connection-published", "detector-resume", "receipt-drafts", "dp-bound")
 
 
 def changelog_specs(settings: Settings) -> list[TopicSpec]:

@@ -40,9 +40,13 @@ def kafka_bootstrap():
 
 @pytest.fixture
 def pipeline_settings(kafka_bootstrap, tmp_path):
-    """Settings for one isolated pipeline run: its own topic prefix and app id on the real broker."""
+    """Settings for one isolated pipeline run: its own topic prefix and app id on the real broker.
+
+    Partner statistics are k-anonymous regions with exact counts here (dp_epsilon=0), which the tests
+    recount; the DP tests (tests/e2e/test_statistics.py) set the default differential privacy back on.
+    """
     run = uuid.uuid4().hex[:8]
     secret = tmp_path / "pseudonym.key"
     secret.write_bytes(os.urandom(32))
     return Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{run}.", app_id=f"crosspaths-t{run}",
-                    partitions=4, home=tmp_path, pseudonym_secret_file=secret)
+                    partitions=4, home=tmp_path, pseudonym_secret_file=secret, dp_epsilon=0)

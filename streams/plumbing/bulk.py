@@ -11,6 +11,8 @@ rebalances, offset commits after the producer is flushed — and replaces only t
 records of each fetched topic-partition go to `handler(tp, records)` in one await, then their
 offsets are acked together. At-least-once is unchanged: a record is acked after its handler
 returned, and Faust commits acked offsets only after flushing what the handler sent.
+`before_commit(app, hook)` awaits a hook before each commit flushes the producer (the ingest
+counters write their state there, so no committed offset is ahead of them).
 
 Usage::
 
@@ -160,6 +162,18 @@ class BatchConsumer(AIOKafkaConsumer):
         finally:
             current_batch.reset(token)
 
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+        """Faust's commit (flush the producer, then commit `offsets`), after the app's before-commit hooks.
+
+        Every offset in `offsets` was acked, so its handler had returned, before the hooks run. A hook
+        that fails fails the commit, and the worker stops, as when Faust cannot send what a commit
+        waits for (Faust has taken `offsets` off its acked list: skipping this commit would leave a
+        gap no later commit passes). A restart resumes from the last commit.
+        """
+        for hook in getattr(self.app, "_before_commit", ()):
+            await hook()
+        return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+
     def _recover_in_bulk(self, records: dict) -> int:
         """Apply fetched changelog records of tables being recovered straight to their stores.
 
@@ -240,6 +254,7 @@ def install(app: faust.App) -> None:
         app._batch_handlers = {}
         app._batch_first = set()
         app._batch_stats = defaultdict(StageStats)
+        app._before_commit = []
         gc.callbacks.append(_gc_timer(app._batch_stats["(gc pauses)"]))
 
 
@@ -256,6 +271,17 @@ def _gc_timer(stats: StageStats):
             stats.records += info.get("collected", 0)
 
     return on_gc
+
+
+def before_commit(app: faust.App, hook: Callable[[], Awaitable[None]]) -> None:
+    """Await `hook()` before each offset commit (and before the producer flush that precedes it).
+
+    A hook that sends something the commit depends on waits until the broker has it (Faust's
+    producer flush waits for the messages in its buffer, not for one its buffer task is still
+    handing over to the client).
+    """
+    install(app)
+    app._before_commit.append(hook)
 
 
 def stage_stats(app: faust.App) -> dict[str, StageStats]:

@@ -18,7 +18,7 @@ from schemas.outputs import DeadLetter
 from schemas.timefmt import format_ts
 from streams.app import app, dead_letters, settings
 from streams.plumbing.bulk import processing
-from streams.plumbing.counters import count_stage
+from streams.plumbing.counters import count_stage, ingest_counters
 from streams.plumbing.outbox import Position, Undeliverable, deliveries, send, transient
 from streams.plumbing.tallies import tallies
 
@@ -62,10 +62,15 @@ async def quarantine(tp, record, exc: Exception) -> None:
 
 
 async def quarantine_batch(tp, records, exc: Exception) -> None:
-    """Dead-letter every record of a batch whose handler failed (streams.plumbing.bulk's last resort)."""
+    """Dead-letter every record of a batch whose handler failed (streams.plumbing.bulk's last resort).
+
+    Input records its handler had not counted yet are counted as rejected: every input message is
+    accounted for.
+    """
     rejection = processing_error(exc)
     for record in records:
         await dead_letter_record(tp, record, rejection)
+    ingest_counters.count_rest(tp.topic, tp.partition, [record.offset for record in records], "rejected")
 
 
 async def undeliverable(positions: list[Position], why: str) -> None:

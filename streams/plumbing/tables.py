@@ -18,3 +18,9 @@ def write_at(table, partition: int, key: str, value) -> None:
 def changelog_entry(key: str, value) -> tuple[bytes, bytes | None]:
     """Key and value bytes of a table changelog record, as Faust writes them for our str/json tables."""
     return orjson.dumps(key), None if value is None else orjson.dumps(value)
+
+
+def delete_at(table, partition: int, key: str) -> None:
+    """del table[key], with its tombstone sent to the changelog at `partition`."""
+    table.data.pop(key, None)
+    table.send_changelog(partition, key, None, value_serializer="raw")

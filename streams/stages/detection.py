@@ -54,6 +54,9 @@ class DetectorPartition:
     # keeps the pair topic small; the pair stage still decides (a pair seen in several cells).
     local_cooldown: GroupBests
     consent_versions: dict[str, float] = field(default_factory=dict)  # user -> consent version of their pings
+    # Per input partition [topic, partition], the highest input offset whose pings reached this partition: a
+    # ping at or below it was sent again by ingest after a fault (its input offset was not committed yet).
+    inputs_seen: dict[tuple[str, int], int] = field(default_factory=dict)
     replay_log: ReplayLog = field(default_factory=ReplayLog)
     since_evict: int = 0
     resume_saved_at: float = -math.inf  # monotonic clock
@@ -167,7 +170,9 @@ async def _detect_batches(tp, state: DetectorPartition, pending: list[tuple[obje
     if not pending:
         return
     bodies = [body for _, body in pending]
-    merged = {c: [v for body in bodies for v in body[c]] for c in _CELL_COLUMNS}
+    for body in bodies:
+        body["again"] = _sent_again(state.inputs_seen, body)
+    merged = {c: [v for body in bodies for v in body[c]] for c in (*_CELL_COLUMNS, "again")}
     merged["src"] = [body["src"] for body in bodies for _ in body["k"]]
     try:
         await _detect_columns(tp.partition, state, merged, emit)
@@ -185,10 +190,29 @@ async def _detect_batches(tp, state: DetectorPartition, pending: list[tuple[obje
                 await quarantine(tp, record, exc)
 
 
+def _sent_again(inputs_seen: dict[tuple[str, int], int], body: dict) -> list[bool]:
+    """For each ping of a batch, whether its input message reached this partition before; notes the batch's.
+
+    Ingest sends an input partition's pings to a partition in input offset order; after a fault it
+    handles again what was not committed, from a lower offset. Such a ping was matched (or found
+    late) the first time: if it is late now, that is no news, and it gets no dead letter again.
+    """
+    topic, partition = body["src"]
+    if not (isinstance(topic, str) and isinstance(partition, int)):
+        return [False] * len(body["o"])
+    src = (topic, partition)
+    before = inputs_seen.get(src, -1)
+    offsets = [o for o in body["o"] if isinstance(o, int)]
+    if offsets:
+        inputs_seen[src] = max(before, max(offsets))
+    return [isinstance(o, int) and o <= before for o in body["o"]]
+
+
 async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bool) -> None:
     """Run one (merged) batch of routed pings through partition p's detector and queue new pairs."""
     detector, versions, local = state.detector, state.consent_versions, state.local_cooldown
     users, keys, homes, srcs = body["u"], body["k"], body["h"], body["src"]
+    again = body.get("again") or [False] * len(keys)
     versions.update(zip(users, body["cv"]))
     results = detector.add_many(users, body["ts"], body["lat"], body["lon"], body["acc"], homes, keys,
                                 sources=[src[1] for src in srcs], cooldown=local)
@@ -202,7 +226,8 @@ async def _detect_columns(p: int, state: DetectorPartition, body: dict, emit: bo
     _add_released(out, p, state, wm)
     for i, result in enumerate(results):
         if isinstance(result, LateFix):
-            if emit and homes[i] == keys[i]:  # one dead letter per ping, not per key it was sent to
+            # One dead letter per ping, not per key it was sent to, nor again for a ping sent again.
+            if emit and homes[i] == keys[i] and not again[i]:
                 raw = body["raw"][i]
                 await late(crossing_cells, p, [*srcs[i], body["o"][i]], users[i].encode(),
                            None if raw is None else base64.b64decode(raw),

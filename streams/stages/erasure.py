@@ -31,6 +31,7 @@ from streams.plumbing.bulk import processing
 from streams.plumbing.deadletters import each_guarded
 from streams.rules import rules
 from streams.topics import erasure_horizons
+from streams.stages.contribution import contribution
 from streams.stages.users import users
 
 _PURGE_TOPICS: Mapping[PurgeTarget, faust.TopicT] = MappingProxyType({
@@ -66,6 +67,8 @@ async def purge_downstream(user: str, at: float, plan: PurgePlan) -> int:
     stats_body = None
     if {PurgeTarget.LOCATIONS, PurgeTarget.CONNECTIONS} & plan.targets:
         members = sorted(pseudonyms_of(user, max(time.time(), at)))
+        if PurgeTarget.LOCATIONS in plan.targets:  # the cells the user counted in, at their input partition
+            contribution.forget(partitions_for([user.encode()], P)[0], set(members))
         stats_body = _json({"purge": members, "user": user if plan.report else None, "report": plan.report, "v": at})
     for p in range(P):
         for target in PurgeTarget:  # in this order: crossing stages, then statistics

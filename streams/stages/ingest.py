@@ -24,14 +24,16 @@ from geo.crossings import route_many
 from schemas.events import Reason, Rejection, decode, decode_ping_fast
 from schemas.outputs import b64
 from schemas.timefmt import format_ts
-from streams.app import (activity_table, app, connection_logs, consent_table, consents, crossing_cells, geo_pings, stats_cells,
+from streams.app import (P, activity_table, app, connection_logs, consent_table, consents, crossing_cells, geo_pings, stats_cells,
                          stats_connections)
 from streams.plumbing.bulk import batch_agent, processing
 from streams.plumbing.counters import ingest_counters
 from streams.plumbing.deadletters import dead_letter_record, processing_error
 from streams.plumbing.outbox import Outbox, cell_partition
+from streams.plumbing.partitioner import partitions_for
 from streams.rules import rules
 from streams.stages import erasure
+from streams.stages.contribution import contribution
 from streams.stages.users import users
 
 CONNECTIONS_KEY = "connections"  # one key: one window holds every group, so the "other" row is exact
@@ -98,30 +100,32 @@ async def ingest_pings(tp, records) -> None:
     routed = _ToRoute()
     now = time.time()
     outcomes: list[bool | Rejection] = []
+    # With DP: which pings are on their key's own partition, the only ones the contribution bound sees whole.
+    homes = (partitions_for([record.key or b"" for record in records], P) if rules().dp is not None
+             else [tp.partition] * len(records))
     for i, record in enumerate(records):
         try:
-            outcome = _ingest_ping(i, record, now, out, routed)
+            outcome = _ingest_ping(i, record, now, out, routed, homes[i] == tp.partition)
         except Exception as exc:  # a bug must not stop the worker: keep the message for replay
             outcome = processing_error(exc)
         outcomes.append(outcome)
     for i, exc in _route_pings(routed, out):  # a ping whose routing failed is kept for replay, not lost
         outcomes[i] = processing_error(exc)
     await out.flush()
-    accepted = dropped = 0
-    for record, outcome in zip(records, outcomes):
-        if outcome is True:
-            accepted += 1
-        elif outcome is False:
-            dropped += 1
-        else:
+    if rules().dp is not None:
+        contribution.expire(rules(), tp.partition, out.progress)
+    for record, outcome in zip(records, outcomes):  # counted in offset order, each offset once
+        if isinstance(outcome, Rejection):
             await _reject(tp, record, outcome)
-    for outcome, n in (("accepted", accepted), ("dropped_consent", dropped)):
-        if n:
-            ingest_counters.count(tp.topic, tp.partition, outcome, n)
+        else:
+            ingest_counters.count(tp.topic, tp.partition, record.offset, "accepted" if outcome else "dropped_consent")
 
 
-def _ingest_ping(i: int, record, now: float, out: Outbox, routed: "_ToRoute") -> bool | Rejection:
-    """Decode, validate and gate ping i of a batch: True (forwarded), False (no consent) or why it is rejected."""
+def _ingest_ping(i: int, record, now: float, out: Outbox, routed: "_ToRoute", home: bool) -> bool | Rejection:
+    """Decode, validate and gate ping i of a batch: True (forwarded), False (no consent) or why it is rejected.
+
+    `home`: the record is on its key's partition (where the DP contribution bound sees all of a user's pings).
+    """
     r = rules()
     fields = decode_ping_fast(record.value, r.limits, now, key=record.key)
     if fields is None:  # not plainly valid: the full decoder gives the record or the exact reason
@@ -139,8 +143,12 @@ def _ingest_ping(i: int, record, now: float, out: Outbox, routed: "_ToRoute") ->
     if where.crossings:
         routed.add(i, record, fields, schedule.version)  # routed with the whole batch: _route_pings
     if where.partner_cell is not None:
-        out.add(stats_cells, where.partner_region, record.offset, ts=ts, cell=where.partner_cell,
-                m=users.pseudonym(user, window_start(ts, r.stats_window_s)))
+        ws = window_start(ts, r.stats_window_s)
+        member = users.pseudonym(user, ws)
+        # With DP, only the user's first m cells of the window count (streams.stages.contribution).
+        if r.dp is None or contribution.admit(r, record.partition, record.key is not None and home, ws, member,
+                                              where.partner_cell):
+            out.add(stats_cells, where.partner_region, record.offset, ts=ts, cell=where.partner_cell, m=member)
     return True
 
 
@@ -268,10 +276,14 @@ async def _ingest_each(tp, records, ingest) -> None:
         if isinstance(outcome, Rejection):
             await _reject(tp, record, outcome)
         else:
-            ingest_counters.count(tp.topic, tp.partition, outcome)
+            ingest_counters.count(tp.topic, tp.partition, record.offset, outcome)
 
 
 async def _reject(tp, record, rejection: Rejection) -> None:
     """Dead-letter one input record, raw bytes intact, and count it."""
+    if rejection.reason is Reason.LATE_EVENT and ingest_counters.seen(tp.topic, tp.partition, record.offset):
+        # Delivered again after a fault: what it is late against (a newer consent) came after it, and
+        # it was judged before that. Other rejections do not depend on state, and are sent again.
+        return
     await dead_letter_record(tp, record, rejection)
-    ingest_counters.count(tp.topic, tp.partition, "rejected")
+    ingest_counters.count(tp.topic, tp.partition, record.offset, "rejected")

@@ -67,7 +67,8 @@ async def _window_one(tp, record, stage, windows: TableBackedWindows, purged: st
         return
     topic, source = body["src"]  # a batch from an Outbox: columns
     for ts, key, member, offset in zip(body["ts"], key_of(body), body["m"], body["o"]):
-        if windows.add(p, ts, key, member, source=source) == "late":
+        # "seen" (handled before its window closed, delivered again after a fault): no dead letter.
+        if windows.add(p, ts, key, member, source=source, offset=record.offset, input_offset=offset) == "late":
             await late(stage, p, [topic, source, offset], None, None, (
                 f"event ts={format_ts(ts)} arrived after its statistics window closed (allowed lateness "
                 f"{settings.stats_lateness_s} s); it was not counted. The raw message is at this position of "

@@ -11,13 +11,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from anonymizers.kanon import KAnonParams
-from anonymizers.regions import RegionCount
+from anonymizers.regions import RegionCount, publish_regions
 from anonymizers.utility import measure_utility
 from schemas.timefmt import format_ts
 from streams.tools.report import dead_letter_reasons, format_counters, read_counters
 from streams.tools.simulator import SimulationParams, partner_memberships
 from streams.settings import Settings
 from streams.topics import create_topics
+
+# The simulated city's service area (Paris inside the Périphérique and around): declared for the demo,
+# where partner statistics are differentially private by default (README, "Partner statistics").
+SIMULATED_CITY_AREA = Path(__file__).resolve().parents[2] / "geo" / "data" / "service-area-paris.geojson"
 
 
 def worker_env(settings: Settings, web_port: int) -> dict[str, str]:
@@ -130,9 +134,14 @@ def wait_for_drain(settings: Settings, timeout_s: float, quiet_s: float = 3.0) -
 def run_demo(settings: Settings, users: int, hours: float, seed: int, timeout_s: float, simulate) -> None:
     """Run the whole pipeline once on a fresh set of topics and print what came out."""
     run = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}demo-{run}.",
-                                           "app_id": f"{settings.app_id}-demo-{run}"})
+    update = {"topic_prefix": f"{settings.topic_prefix}demo-{run}.", "app_id": f"{settings.app_id}-demo-{run}"}
+    if settings.dp_epsilon and settings.dp_domain is None:
+        update["dp_domain"] = SIMULATED_CITY_AREA  # the city is simulated in Paris: its service area is known
+    settings = settings.model_copy(update=update)
     print(f"Run {run}: topics prefixed '{settings.topic_prefix}', app id '{settings.app_id}'")
+    if "dp_domain" in update:
+        print(f"Partner statistics: differential privacy over the simulated city's area ({SIMULATED_CITY_AREA.name}; "
+              "CROSSPATHS_DP_DOMAIN to declare another, CROSSPATHS_DP_EPSILON=0 for k-anonymous regions alone)")
     print(f"Created {len(create_topics(settings))} topics")
     log = Path(settings.home) / "logs" / f"worker-{run}.log"
     proc = start_worker(settings, settings.web_port, log)
@@ -189,10 +198,10 @@ def print_outputs(settings: Settings, simulated: SimulationParams | None = None)
 
     print("  " + partner_statistics_statement(Rules.from_settings(settings)))
     if not loc.empty:
+        kanon = KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
+                            coarsest_resolution=settings.h3_coarsest_resolution)
         memberships = {} if simulated is None else partner_memberships(
-            simulated, KAnonParams(k=settings.k, base_resolution=settings.h3_base_resolution,
-                                   coarsest_resolution=settings.h3_coarsest_resolution),
-            settings.stats_window_s, settings.stats_lateness_s)
+            simulated, kanon, settings.stats_window_s, settings.stats_lateness_s)
         for ws, sub in loc.groupby("window_start"):
             print(f"  window {ws:%Y-%m-%d %H:%M}: {len(sub)} regions, users per region {sub['users'].min()}-"
                   f"{sub['users'].max()}, resolutions {sorted(sub['resolution'].unique().tolist())}")
@@ -202,6 +211,8 @@ def print_outputs(settings: Settings, simulated: SimulationParams | None = None)
                 window = memberships.get(ws.timestamp(), {})
                 print(f"    utility against the simulator's opted-in memberships: "
                       f"{measure_utility(regions, window).line(settings.k)}")
+                if settings.dp_epsilon and window:
+                    print("    " + dp_cost_line(regions, window, kanon))
     conn = read_statistics(settings, "connection-statistics")
     print(f"\n== Connection statistics (k = {settings.k}): {len(conn)} published groups ==")
     if not conn.empty:
@@ -215,3 +226,17 @@ def print_outputs(settings: Settings, simulated: SimulationParams | None = None)
         out = render_cells(loc[loc["window_start"] == ws], Path(settings.home) / "maps" /
                            f"{settings.app_id}.png", f"Partner statistics, window {ws:%Y-%m-%d %H:%M} UTC")
         print(f"\nHeatmap of the latest window: {out}")
+
+
+def dp_cost_line(published: list[RegionCount], window: dict[str, set], kanon: KAnonParams) -> str:
+    """What differential privacy cost in a window: its noisy cells' error, and what k alone would have published."""
+    import h3
+
+    errors = []
+    for row in published:
+        res = h3.get_resolution(row.cell)
+        true = set().union(*(users for cell, users in window.items() if h3.cell_to_parent(cell, res) == row.cell))
+        errors.append(abs(row.users - len(true)))
+    k_alone = measure_utility(publish_regions(window, kanon), window)
+    error = f"mean |noisy - true| {sum(errors) / len(errors):.1f} users" if errors else "no cell published"
+    return f"DP cost: {error}; k alone (CROSSPATHS_DP_EPSILON=0) would publish {k_alone.line(kanon.k)}"

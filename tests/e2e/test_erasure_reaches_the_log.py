@@ -46,7 +46,8 @@ def short_lived(kafka_bootstrap, tmp_path) -> Settings:
     return Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"g{run}.", app_id=f"crosspaths-g{run}",
                     partitions=2, home=tmp_path, pseudonym_secret_file=secret, k=2, stats_window_s=60,
                     stats_lateness_s=5, crossing_cooldown_s=10.0, raw_lifetime_hours=0.02, compaction_lag_s=15,
-                    tombstone_retention_s=10, cleaner_slack_s=30, broker_retention_check_ms=TEST_RETENTION_CHECK_MS)
+                    tombstone_retention_s=10, cleaner_slack_s=30, broker_retention_check_ms=TEST_RETENTION_CHECK_MS,
+                    dp_epsilon=0)  # exact k-anonymous counts: the user's partner-statistics record is waited for
 
 
 def _ping(user: str, ts: float, lat: float, lon: float) -> dict:

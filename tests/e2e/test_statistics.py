@@ -164,22 +164,28 @@ def test_a_window_closes_when_later_input_goes_elsewhere(pipeline_settings):
 def test_dp_partner_statistics_noisy_thresholded_and_bounded(pipeline_settings):
     """CROSSPATHS_DP_EPSILON=1, one cell per user: counts are noisy, a cell needs the (epsilon, delta)
     threshold (15 here, above k = 10), a lone user's cell is not published, and a user seen in three
-    cells is counted in one."""
+    cells, each counted by another statistics partition, is counted in one over all of them (the ingest
+    stage's bound, streams.stages.contribution)."""
     from anonymizers.dp import DPParams, publication_threshold
+    from streams.rules import stats_partition
 
-    # One partition: without a declared area, a user's places can reach every statistics partition and
-    # the sensitivity would be their number (anonymizers.dp, "Shards"); the counts below assume m = 1.
-    s = pipeline_settings.model_copy(update={"dp_epsilon": 1.0, "dp_max_cells_per_user": 1, "dp_resolution": 9,
-                                             "partitions": 1})
+    s = pipeline_settings.model_copy(update={"dp_epsilon": 1.0, "dp_max_cells_per_user": 1, "dp_resolution": 9})
     tau = publication_threshold(DPParams(epsilon=1.0, max_cells_per_user=1, delta=s.dp_delta))
-    assert tau == 15 > s.k
+    assert tau == 15 > s.k and s.partitions == 4
     rng = np.random.default_rng(9)
     now = time.time()
     w0 = window_start(now - 1000, 3600) - 2 * 3600
     spots = [(48.830 + 0.004 * (i // 6), 2.300 + 0.006 * (i % 6)) for i in range(24)]  # ~450 m apart
     cell = lambda p: h3.latlng_to_cell(*p, s.h3_base_resolution)  # noqa: E731
     assert len({cell(p) for p in spots}) == 24
-    dense, mid, roam, lone = spots[:10], spots[10:20], spots[20:23], spots[23]
+    dense, mid, lone = spots[:10], spots[10:20], spots[23]
+    # Three places ~10-20 km apart, each in another statistics partition.
+    roam, seen = [], set()
+    for lat, lon in ((48.70 + 0.05 * i, 2.10 + 0.08 * j) for i in range(8) for j in range(8)):
+        part = stats_partition(cell((lat, lon)), s)
+        if part not in seen and len(roam) < 3:
+            roam.append((lat, lon)), seen.add(part)
+    assert len(roam) == 3
     people: dict[str, list] = {}
     for j, p in enumerate(dense):  # 20 users each: published (noisy count >= 15 but for ~0.2 %)
         people.update({f"d{j}-{i}": [p] for i in range(20)})
@@ -208,7 +214,8 @@ def test_dp_partner_statistics_noisy_thresholded_and_bounded(pipeline_settings):
     assert any(r["users"] != 20 for r in dense_rows), "no noise on the counts"
     # With k alone, ~7 of the 10 cells of 11 users would show; with the threshold, ~0.13.
     assert sum(cell(p) in by_cell for p in mid) <= 2
-    # Each roamer counted in one cell of three: ~60 in all, not 180 (a cell below 15 after noise is not shown).
+    # Each roamer counted in one cell of three, their first: ~60 in all, not 180 as when each statistics
+    # partition bounded a user on its own (a cell below 15 after noise is not shown).
     assert sum(by_cell[cell(p)]["users"] for p in roam if cell(p) in by_cell) <= 60 + 15
     raw = json.dumps(loc)
     assert not any(u in raw for u in people)

@@ -3,9 +3,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from anonymizers.dp import (DPParams, bound_contributions, noisy_count, publication_threshold,
-                            publish_noisy_cells)
+from anonymizers.dp import (DPParams, admit_cell, bound_contributions, bound_in_order, noisy_count,
+                            publication_threshold, publish_noisy_cells)
 from anonymizers.kanon import CellCount
 
 CELLS = ["891fb466257ffff", "891fb466253ffff", "891fb46625bffff", "891fb466243ffff"]
@@ -143,3 +145,56 @@ def test_keyed_randomness_makes_a_window_publish_the_same_noise_in_any_input_ord
     keyed = KeyedRandomness(b"k" * 32, "w")
     noise = np.array([noisy_count(100, 1.0, 1, keyed.generator("noise", i)) - 100 for i in range(20_000)])
     assert abs(noise.mean()) < 0.05 and noise.var() == pytest.approx(2 * np.exp(-1) / (1 - np.exp(-1)) ** 2, rel=0.1)
+
+
+# --------------------------------------------------------------------------- the bound in each user's order
+
+_VISITS = st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from(CELLS)), max_size=60)
+
+
+def _interleave(visits, order):
+    """The same per-user sequences, users interleaved differently (order: which user's next visit comes)."""
+    queues: dict = {}
+    for user, cell in visits:
+        queues.setdefault(user, []).append(cell)
+    out, users = [], sorted(queues)
+    for pick in order:
+        live = [u for u in users if queues[u]]
+        if not live:
+            break
+        u = live[pick % len(live)]
+        out.append((u, queues[u].pop(0)))
+    return out + [(u, c) for u in users for c in queues[u]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_VISITS, st.integers(1, 4), st.lists(st.integers(0, 5), max_size=80))
+def test_bound_in_order_keeps_each_users_first_m_cells_whatever_the_interleaving(visits, m, order):
+    expected: dict = {}
+    for user, cell in visits:  # by hand: the first m distinct cells in the user's own order
+        cells = expected.setdefault(user, [])
+        if cell not in cells and len(cells) < m:
+            cells.append(cell)
+    by_cell = bound_in_order(visits, m)
+    assert {(u, c) for c, us in by_cell.items() for u in us} == {(u, c) for u, cs in expected.items() for c in cs}
+    assert bound_in_order(_interleave(visits, order), m) == by_cell
+
+
+@settings(max_examples=200, deadline=None)
+@given(_VISITS, st.integers(1, 4), st.sampled_from("abcdef"))
+def test_removing_one_user_changes_at_most_m_counts_by_one(visits, m, user):
+    """The sensitivity the noise is scaled to: one user's pings move at most m counts, each by 1."""
+    full = bound_in_order(visits, m)
+    without = bound_in_order([v for v in visits if v[0] != user], m)
+    changed = [c for c in set(full) | set(without) if len(full.get(c, ())) != len(without.get(c, ()))]
+    assert len(changed) <= m
+    assert all(len(full.get(c, ())) - len(without.get(c, ())) == 1 for c in changed)
+
+
+def test_admit_cell_says_which_pings_count():
+    assert admit_cell((), "a", 2) == ("a",)
+    kept = ("a", "b")
+    assert admit_cell(kept, "a", 2) is kept  # already counted there: nothing to write
+    assert admit_cell(kept, "c", 2) is None  # a third cell does not count
+    with pytest.raises(ValueError, match="m=0"):
+        admit_cell((), "a", 0)

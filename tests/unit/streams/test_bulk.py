@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import faust
+import pytest
 from faust.streams import current_event
 from faust.types import TP
 
@@ -63,3 +64,34 @@ def test_changelog_records_wait_for_faust_when_its_queue_holds_older_ones():
     records = {tp: list(batch)}
     assert BatchConsumer._recover_in_bulk(consumer, records) == 0
     assert records[tp] == batch and not table.data.data
+
+
+def test_before_commit_hooks_run_before_faust_flushes_the_producer_and_commits(monkeypatch):
+    import asyncio
+
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+
+    calls = []
+
+    async def faust_commit(self, offsets, start_new_transaction=True):  # producer flush, then the commit
+        calls.append(("flush and commit", dict(offsets)))
+        return True
+
+    async def hook():
+        await asyncio.sleep(0)  # e.g. waiting for the broker to acknowledge what it wrote
+        calls.append("hook")
+
+    async def failing():
+        raise RuntimeError("the counts could not be written")
+
+    monkeypatch.setattr(FaustConsumer, "_commit_offsets", faust_commit)
+    consumer = BatchConsumer.__new__(BatchConsumer)
+    consumer.app = SimpleNamespace(_before_commit=[hook])
+    tp = TP("geo-pings", 0)
+    assert asyncio.run(consumer._commit_offsets({tp: 5}))
+    assert calls == ["hook", ("flush and commit", {tp: 5})]
+    consumer.app._before_commit.append(failing)  # then the commit fails (and the worker stops)
+    with pytest.raises(RuntimeError):
+        asyncio.run(consumer._commit_offsets({tp: 6}))
+    assert calls == ["hook", ("flush and commit", {tp: 5}), "hook"]
+

@@ -23,29 +23,32 @@ def make(tmp_path):
 
 
 def test_the_shipped_area_is_split_among_the_partitions_that_hold_its_cells(make):
-    r = make(dp_epsilon=1.0, dp_domain=AREA, partitions=4)
-    assert r.dp_area is not None and len(r.dp_area.cells) == 35 and r.dp_area.resolution == 7
+    r = make(dp_epsilon=1.0, dp_domain=AREA, partitions=4)  # at the default resolution over an area: 8
+    assert r.dp_area is not None and len(r.dp_area.cells) == 201 and r.dp_area.resolution == r.dp.resolution == 8
     assert set().union(*r.dp_cells.values()) == r.dp_area.cells
     assert sum(map(len, r.dp_cells.values())) == len(r.dp_area.cells)  # each cell in one partition
     for p, cells in r.dp_cells.items():
         assert all(stats_partition(c, Settings(partitions=4)) == p for c in cells)
-    assert r.dp.shards == len(r.dp_cells) and r.dp.sensitivity == r.dp.shards * r.dp.cells_per_shard
+    # One bound over all partitions (the ingest stage's): the sensitivity is m, whatever the partitions.
+    assert r.dp.shards == 1 and r.dp.sensitivity == r.dp.max_cells_per_user == 4
     assert r.dp_budget.delta == 0 and r.dp_budget.windows_per_day == 24
     text = partner_statistics_statement(r)
-    assert "every cell of the declared area (35 cells" in text and "epsilon=24 (pure) per day" in text
+    assert "every cell of the declared area (201 cells" in text and "epsilon=24 (pure) per day" in text
 
 
-def test_without_an_area_every_partition_shares_the_budget(make):
-    r = make(dp_epsilon=1.0, partitions=4)
-    assert r.dp_area is None and r.dp_cells == {} and r.dp.shards == 4
+def test_without_an_area_the_threshold_follows_the_one_bound(make):
+    r = make(partitions=4)  # the defaults: epsilon 1 per window, m = 4, resolution 7 without an area
+    assert r.dp_area is None and r.dp_cells == {} and r.dp.shards == 1 and r.dp.sensitivity == 4
+    assert r.dp.epsilon == 1 and r.dp.resolution == 7
+    assert "each user counted in at most 4 cell(s) per window" in partner_statistics_statement(r)
     text = partner_statistics_statement(r)
     assert f"noisy count of {publication_threshold(r.dp)}" in text
     assert "(epsilon=1, delta=1e-06) per window; (epsilon=24, delta=2.4e-05) per day" in text
-    assert "no differential privacy" in partner_statistics_statement(make())
+    assert "no differential privacy" in partner_statistics_statement(make(dp_epsilon=0))
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(dp_domain=AREA), "dp_domain=.* is set but dp_epsilon is not"),
+    (dict(dp_epsilon=0, dp_domain=AREA), "dp_domain=.* is set but dp_epsilon is 0"),
     (dict(dp_epsilon=1.0, dp_resolution=4), r"dp_resolution=4 must be in \[h3_coarsest_resolution=5"),
     (dict(dp_epsilon=1.0, dp_resolution=10), r"dp_resolution=10 must be in .*h3_base_resolution=9\]"),
     (dict(dp_epsilon=1.0, dp_domain="/nonexistent/area.geojson"), "cannot be read"),
