@@ -70,7 +70,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ingest import _cpu_jiffies  # noqa: E402
-from bench_streaming import _proc_cpu_s, _vm, free_port, pct, stage_split, start_profile, top_frames, web_batches  # noqa: E402
+from bench_streaming import (_proc_cpu_s, _vm, consumer_at_end, free_port, pct, stage_split,  # noqa: E402
+                             start_profile, top_frames, web_batches)
 from streams.settings import Settings  # noqa: E402
 
 CROWD_SPOT = (48.8606, 2.3376)  # the Louvre's courtyard (also bench/scenarios.py's crowd)
@@ -205,18 +206,9 @@ def crossings_listener(bootstrap: str, topic: str, ready, stop, results) -> None
 
 async def _listen(bootstrap: str, topic: str, ready, stop, results) -> None:
     import orjson
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=20, max_partition_fetch_bytes=4 * 1024 * 1024,
-                                client_id="bench-crowd-crossings")
-    await consumer.start()
-    cluster = await consumer._client.fetch_all_metadata()
-    tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    consumer = await consumer_at_end(bootstrap, topic, "bench-crowd-crossings",
+                                     max_partition_fetch_bytes=4 * 1024 * 1024)
     ready.set()
     crowd_key = CROWD_PREFIX.encode()
     city_first: dict[tuple[str, str], tuple[str, float]] = {}  # city pair -> (ts of its first record, arrival)

@@ -286,6 +286,22 @@ def top_frames(path: str, n: int = 10) -> list[tuple[float, float, str]]:
 
 
 # --------------------------------------------------------------------------- (b) latency
+async def consumer_at_end(bootstrap: str, topic: str, client_id: str, **options):
+    """A started aiokafka consumer (no group) assigned every partition of `topic`, positioned at its end."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=20, client_id=client_id, **options)
+    await consumer.start()
+    cluster = await consumer._client.fetch_all_metadata()
+    tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    return consumer
+
+
 def crossing_listener(bootstrap: str, topic: str, tag: str, ready, stop, results) -> None:
     """Child process: record (user, other, arrival wall-clock, emitted_at, ...) of our crossing records."""
     asyncio.run(_listen(bootstrap, topic, tag, ready, stop, results))
@@ -295,17 +311,8 @@ async def _listen(bootstrap: str, topic: str, tag: str, ready, stop, results) ->
     # aiokafka + orjson: at 10k pings/s there are 10k crossing records/s to read, and a kafka-python
     # consumer with json.loads took a third of a core doing it, next to the worker being measured
     import orjson
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=20, client_id="bench-crossings")
-    await consumer.start()
-    cluster = await consumer._client.fetch_all_metadata()
-    tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    consumer = await consumer_at_end(bootstrap, topic, "bench-crossings")
     ready.set()
     seen = []
     stop_at = None
